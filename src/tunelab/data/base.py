@@ -1,0 +1,206 @@
+"""The datamodule base shared by every task family.
+
+load source -> pick splits -> validate + encode (family) -> carve missing splits -> subsample
+-> tokenize (cached by ``datasets.map``) -> dataloaders with dynamic padding.
+Families subclass it and implement ``validate`` and ``tokenize``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import datasets
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from tunelab.data.sampling import EpochLengthGroupedSampler, sorted_by_length
+from tunelab.data.sources import Source
+from tunelab.errors import ConfigError, DataError, unwrap
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Loads, validates and tokenizes a dataset; serves dynamically padded batches.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        source: a loader config (``_target_`` in ``tunelab.data.sources``) or a loaded ``Source``.
+        splits: our split name -> the source's split name; splits left out are carved from train.
+        val_size, test_size: what to carve from train when a split is missing (fraction or count).
+        data_seed: seed of carving and subsampling (fixed across training seeds).
+        max_samples: optional cap per split, e.g. ``{train: 6000}``.
+        batch_size, eval_batch_size: examples per batch.
+        max_length: truncation length in tokens.
+        group_by_length: batch training examples of similar length together (less padding).
+        num_workers: DataLoader worker processes.
+        pad_to_multiple_of: pad batch lengths to a multiple of this (tensor-core friendly on GPU).
+        seed: the run's seed, for the training order.
+    """
+
+    stratify_column: str | None = None
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        source: Mapping[str, Any] | Source,
+        splits: Mapping[str, str] | None = None,
+        val_size: float | int = 0.1,
+        test_size: float | int = 0.1,
+        data_seed: int = 1234,
+        max_samples: Mapping[str, int | None] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        max_length: int = 128,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.source_cfg = source
+        self.split_names = dict(splits) if splits else None
+        self.val_size = val_size
+        self.test_size = test_size
+        self.data_seed = data_seed
+        self.max_samples = dict(max_samples or {})
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_length = max_length
+        self.group_by_length = group_by_length
+        self.num_workers = num_workers
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.examples: dict[str, datasets.Dataset] | None = None  # validated, untokenized
+        self.features: dict[str, datasets.Dataset] = {}  # tokenized
+        self.lengths: dict[str, list[int]] = {}
+        self.origin: dict[str, str] = {}
+        self.seed = seed
+
+    # --- hooks for task families ---------------------------------------------------------------
+    def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
+        """Check columns and values of one split, encode labels; raise DataError naming ``where``."""
+        raise NotImplementedError
+
+    def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
+        """Batched ``datasets.map`` function: examples -> model inputs."""
+        raise NotImplementedError
+
+    def collate_fn(self) -> Callable:
+        raise NotImplementedError
+
+    def module_kwargs(self) -> dict[str, Any]:
+        """What the task module needs to know about the data (e.g. the label names)."""
+        return {}
+
+    # --- loading --------------------------------------------------------------------------------
+    def load_source(self) -> Source:
+        if isinstance(self.source_cfg, Source):
+            return self.source_cfg
+        try:
+            return instantiate(self.source_cfg)
+        except InstantiationException as err:
+            raise unwrap(err) from err
+
+    def prepare_data(self) -> None:
+        self.load_source()  # downloads / builds the cache once per node
+
+    def _pick_splits(self, source: Source, need_train: bool) -> dict[str, datasets.Dataset]:
+        names = self.split_names or {s: s for s in SPLITS if s in source.splits}
+        picked = {}
+        for ours, theirs in sorted(names.items(), key=lambda kv: SPLITS.index(kv[0]) if kv[0] in SPLITS else -1):
+            if ours not in SPLITS:
+                raise ConfigError(f"task.data.splits: unknown split '{ours}', use {list(SPLITS)}")
+            if theirs not in source.splits:
+                raise DataError(
+                    f"split '{theirs}' (task.data.splits.{ours}) not found; the source has {list(source.splits)}"
+                )
+            picked[ours] = source.splits[theirs]
+            self.origin[ours] = source.describe(theirs)
+        if need_train and "train" not in picked:
+            raise DataError(f"no training split: the source has {list(source.splits)}; set task.data.splits.train")
+        return picked
+
+    def _carve(self, splits: dict[str, datasets.Dataset]) -> None:
+        total = len(splits["train"])  # fractions are of the original train split
+        for split, size in (("test", self.test_size), ("validation", self.val_size)):
+            if split in splits:
+                continue
+            train = splits["train"]
+            size = size if isinstance(size, int) else max(1, round(size * total))
+            stratify = self.stratify_column
+            if stratify and not isinstance(train.features.get(stratify), datasets.ClassLabel):
+                stratify = None
+            try:
+                parts = train.train_test_split(test_size=size, seed=self.data_seed, stratify_by_column=stratify)
+            except ValueError as err:  # e.g. too few examples of a class to stratify
+                log.warning("stratified split failed (%s); splitting at random", err)
+                parts = train.train_test_split(test_size=size, seed=self.data_seed)
+            splits["train"], splits[split] = parts["train"], parts["test"]
+            self.origin[split] = f"{self.origin['train']} (held out from train: {len(parts['test'])} rows)"
+
+    def _subsample(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
+        n = self.max_samples.get(split)
+        if n is None or n >= len(ds):
+            return ds
+        return ds.shuffle(seed=self.data_seed).select(range(n))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Everything up to tokenized splits, once. Stages other than ``fit`` need no train split."""
+        if self.examples is not None:
+            return
+        need_train = stage in (None, "fit")
+        splits = self._pick_splits(self.load_source(), need_train)
+        for split, ds in splits.items():
+            if len(ds) == 0:
+                raise DataError(f"split '{split}' is empty (0 rows): {self.origin[split]}")
+            splits[split] = self.validate(ds, split, self.origin[split])
+            if len(splits[split]) == 0:
+                raise DataError(f"split '{split}' has no usable rows left after validation: {self.origin[split]}")
+        if need_train:
+            self._carve(splits)
+        self.examples = {split: self._subsample(ds, split) for split, ds in splits.items()}
+        for split, ds in self.examples.items():
+            self.features[split] = ds.map(
+                self.tokenize, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}"
+            )
+            self.lengths[split] = [len(ids) for ids in self.features[split]["input_ids"]]
+        log.info("data: %s", ", ".join(f"{s} {len(d)}" for s, d in self.examples.items()))
+
+    # --- batches --------------------------------------------------------------------------------
+    def _loader(self, split: str, batch_size: int, sampler: Any) -> DataLoader:
+        return DataLoader(
+            self.features[split],
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=None if sampler is not None else split == "train",
+            collate_fn=self.collate_fn(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = None
+        if self.group_by_length:
+            sampler = EpochLengthGroupedSampler(self.batch_size, self.lengths["train"], seed=self.seed)
+        return self._loader("train", self.batch_size, sampler)
+
+    def eval_order(self, split: str) -> list[int]:
+        """Row order of the eval loaders (longest first), to map predictions back to rows."""
+        return sorted_by_length(self.lengths[split])
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", self.eval_batch_size, self.eval_order("validation"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, self.eval_order("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, self.eval_order("test"))

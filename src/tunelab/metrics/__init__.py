@@ -1,0 +1,5 @@
+"""Task metric collections (torchmetrics), synced across devices by torchmetrics itself."""
+
+from tunelab.metrics.classification import classification_metrics, flatten_metrics
+
+__all__ = ["classification_metrics", "flatten_metrics"]

@@ -1,0 +1,116 @@
+"""Score a finished run on new data: predictions to a file, and metrics when labels are present.
+
+    python -m tunelab.predict runs/bbc-news-minilm-full/<time> new.csv [--output preds.csv]
+    tunelab-predict <run dir> <data file> [--text-column TEXT] [--label-column LABEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tunelab.data.sources import load
+from tunelab.errors import TunelabError, find_tunelab_error
+from tunelab.io import atomic_write_json
+from tunelab.models import load_tokenizer
+from tunelab.run_folder import RunFolder
+
+log = logging.getLogger("tunelab.predict")
+
+
+def predict(
+    run_dir: str | Path,
+    data_file: str | Path,
+    output: str | Path | None = None,
+    columns: dict[str, str | None] | None = None,
+    encoding: str = "utf-8",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Predict ``data_file`` with the model exported in ``run_dir``; returns metrics (if labelled)
+    and the output paths. ``columns`` overrides the run's data column names, e.g. ``{"text_column": "body"}``."""
+    folder = RunFolder(run_dir)
+    if not folder.config.is_file() or not (folder.model_dir / "config.json").is_file():
+        raise TunelabError(f"{run_dir} is not a finished run folder (config.yaml and model/ are needed)")
+    cfg = OmegaConf.load(folder.config)
+    model_cfg = {**OmegaConf.to_container(cfg.model), "name_or_path": str(folder.model_dir), "tokenizer": None,
+                 "from_scratch": False, "config_overrides": {}, "revision": None}
+    tokenizer = load_tokenizer(model_cfg)
+
+    source = load(path="", data_files={"test": str(data_file)}, encoding=encoding)
+    data_kwargs: dict[str, Any] = {**(columns or {})}
+    label_column = data_kwargs.get("label_column", cfg.task.data.get("label_column"))
+    if label_column and label_column not in source.splits["test"].column_names:
+        data_kwargs["label_column"] = None  # unlabelled: predictions only
+    model_config = json.loads((folder.model_dir / "config.json").read_text())
+    if "id2label" in model_config:
+        data_kwargs["labels"] = [model_config["id2label"][str(i)] for i in range(len(model_config["id2label"]))]
+    make_datamodule = instantiate(cfg.task.data, _partial_=True, _recursive_=False)
+    datamodule = make_datamodule(
+        tokenizer=tokenizer, source=source, splits={"test": "test"}, max_samples={},
+        eval_batch_size=batch_size or cfg.task.data.eval_batch_size, **data_kwargs,
+    )
+    datamodule.setup("predict")
+    module = instantiate(
+        cfg.task.module, **datamodule.module_kwargs(), model=model_cfg, optimizer=cfg.optimizer,
+        _recursive_=False, _convert_="all",
+    )
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=sys.stdout.isatty(),
+                        enable_model_summary=False, enable_checkpointing=False)
+    batches = trainer.predict(module, datamodule=datamodule)
+    order = datamodule.eval_order("test")
+    table = module.predictions_table(batches, order)
+
+    output = Path(output) if output else Path(data_file).with_suffix(".predictions.csv")
+    rows = datamodule.examples["test"]
+    rows = rows.remove_columns([c for c in ("labels",) if c in rows.column_names])
+    for name, values in table.items():
+        rows = rows.add_column(name, values)
+    rows.to_json(output) if output.suffix in (".json", ".jsonl") else rows.to_csv(output, index=False)
+    result: dict[str, Any] = {"predictions": str(output), "rows": len(rows)}
+    if datamodule.label_column:
+        metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        result["metrics"] = {k.removeprefix("test/"): v for k, v in metrics.items()}
+        metrics_path = output.with_suffix(".metrics.json")
+        atomic_write_json(metrics_path, {"run": str(folder.path), "data": str(data_file), **result})
+        result["metrics_file"] = str(metrics_path)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunelab-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a run folder written by train.py")
+    parser.add_argument("data_file", help="csv, tsv, json, jsonl or parquet file to predict")
+    parser.add_argument("--output", "-o", help="where to write predictions (.csv or .jsonl); default <data>.predictions.csv")
+    parser.add_argument("--text-column", help="text column, if it differs from the run's")
+    parser.add_argument("--text-pair-column", help="second text column, if it differs from the run's")
+    parser.add_argument("--label-column", help="label column, if it differs from the run's (metrics are computed when present)")
+    parser.add_argument("--encoding", default="utf-8", help="text encoding of the data file")
+    parser.add_argument("--batch-size", type=int, help="examples per batch")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    datasets.disable_progress_bars()
+    columns = {k: v for k, v in {"text_column": args.text_column, "text_pair_column": args.text_pair_column,
+                                  "label_column": args.label_column}.items() if v}
+    try:
+        result = predict(args.run_dir, args.data_file, args.output, columns, args.encoding, args.batch_size)
+    except Exception as err:
+        cause = find_tunelab_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

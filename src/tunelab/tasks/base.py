@@ -1,0 +1,162 @@
+"""What every task module shares: backbone loading, tuning, optimizer, schedule, metric logging."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MetricCollection
+from transformers import PreTrainedModel, get_scheduler
+
+from tunelab.errors import ConfigError
+from tunelab.models import load_model
+from tunelab.tuning.base import TuningStrategy
+
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
+
+
+def in_row_order(values: list[Any], order: list[int]) -> list[Any]:
+    """Undo an evaluation order: ``values[i]`` belongs to row ``order[i]``."""
+    out: list[Any] = [None] * len(order)
+    for value, row in zip(values, order, strict=True):
+        out[row] = value
+    return out
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def no_decay_parameter_names(model: nn.Module) -> set[str]:
+    """Biases and normalisation weights: excluded from weight decay, as in BERT's recipe."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if param_name == "bias" or isinstance(module, NORM_LAYERS) or "norm" in type(module).__name__.lower():
+                names.add(full)
+    return names
+
+
+class TaskModule(L.LightningModule):
+    """Base of all task modules.
+
+    Subclasses set ``auto_model_class``, pass config kwargs for it (e.g. ``num_labels``) to
+    ``build``, and implement ``build_metrics`` and ``update_metrics``.
+
+    Args:
+        model: a ``model/*.yaml`` config (name_or_path, revision, from_scratch, ...).
+        optimizer: a ``torch.optim`` config with ``_target_``; gets the trainable parameters.
+        scheduler: ``{name, warmup_ratio, warmup_steps}``, names as in ``transformers.get_scheduler``.
+        tuning: a tuning strategy config with ``_target_``.
+    """
+
+    auto_model_class: type
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        tuning: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model_cfg = _plain(model)
+        self.optimizer_cfg = _plain(optimizer)
+        self.scheduler_cfg = _plain(scheduler) or {"name": "constant"}
+        self.tuning: TuningStrategy = instantiate(tuning) if tuning else TuningStrategy()
+        self.model: nn.Module
+
+    def build(self, **config_kwargs: Any) -> None:
+        """Load the backbone + head and apply the tuning strategy."""
+        backbone: PreTrainedModel = load_model(self.auto_model_class, self.model_cfg, **config_kwargs)
+        backbone.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds (no dropout)
+        self.model = self.tuning.apply(backbone)
+        metrics = self.build_metrics()
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # --- task hooks ------------------------------------------------------------------------------
+    def build_metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def metric_values(self, metrics: MetricCollection) -> dict[str, float]:
+        return {k: v.item() for k, v in metrics.compute().items()}
+
+    # --- steps -----------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(**batch)
+
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Training objective; strategies such as distillation extend it."""
+        return outputs.loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch), batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
+        outputs = self(batch)
+        self.log(f"{stage}/loss", outputs.loss, on_epoch=True, sync_dist=True, batch_size=len(batch["input_ids"]))
+        self.update_metrics(metrics, outputs, batch)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
+        self.log_dict(self.metric_values(metrics), prog_bar=False)
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.test_metrics)
+
+    def predictions_table(self, batches: list[dict[str, torch.Tensor]], order: list[int]) -> dict[str, list]:
+        """Columns to write beside the input rows; ``order[i]`` is the row of the i-th prediction."""
+        raise NotImplementedError
+
+    # --- optimisation ----------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, float]:
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = dict(self.optimizer_cfg)
+        weight_decay = cfg.get("weight_decay", 0.0) or 0.0
+        skip = no_decay_parameter_names(self.model)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ConfigError("no trainable parameters: the tuning strategy froze the whole model")
+        groups = [
+            {"params": [p for n, p in named if n not in skip], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n in skip], "weight_decay": 0.0},
+        ]
+        optimizer = instantiate(cfg, _partial_=True)([g for g in groups if g["params"]])
+        sched = self.scheduler_cfg
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = sched.get("warmup_steps")
+        if warmup is None:
+            warmup = round((sched.get("warmup_ratio") or 0.0) * total)
+        scheduler = get_scheduler(sched["name"], optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- export ----------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        """The tuned model in Hugging Face format (or the strategy's own format)."""
+        self.tuning.save(self.model, Path(path))

@@ -1,0 +1,157 @@
+"""The training recipe, top to bottom: ``run(cfg)`` is everything ``python train.py`` does."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from tunelab.callbacks import AtomicCheckpointIO, TrainStats, progress_callbacks
+from tunelab.hub import check_hub
+from tunelab.io import atomic_write_dir
+from tunelab.models import load_tokenizer
+from tunelab.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """``{"model.name": "minilm", ...}``: the resolved config as flat keys for loggers."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
+    """The Lightning Trainer from ``trainer/``, ``callbacks/`` and ``logger/`` configs."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + callbacks
+    progress, show_bar = progress_callbacks(cfg.progress, cfg.trainer.get("log_every_n_steps") or 50)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks + progress,
+        logger=loggers or False,
+        enable_progress_bar=show_bar,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=cfg.paths.output_dir,
+    )
+
+
+def _split_metrics(results: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k.removeprefix(f"{prefix}/"): v for k, v in results.items()}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune, evaluate the best checkpoint, export; returns what ``metrics.json`` holds."""
+    folder = RunFolder(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        folder.create(cfg)
+    try:
+        metrics = _fit_and_test(cfg, folder)
+    except BaseException as err:
+        if rank_zero_only.rank == 0:
+            folder.set_status("failed", error=f"{type(err).__name__}: {err}")
+        raise
+    if rank_zero_only.rank == 0:
+        folder.set_status("completed")
+    return metrics
+
+
+def _fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
+    check_hub()
+    L.seed_everything(cfg.seed, workers=True)
+
+    tokenizer = load_tokenizer(cfg.model)
+    datamodule = instantiate(cfg.task.data, tokenizer=tokenizer, seed=cfg.seed, _recursive_=False)
+    datamodule.setup("fit")
+
+    module = instantiate(
+        cfg.task.module,
+        **datamodule.module_kwargs(),
+        model=cfg.model,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        tuning=cfg.tuning,
+        _recursive_=False,
+        _convert_="all",  # plain containers in the checkpoint's hparams
+    )
+    params = module.parameter_counts()
+    log.info(
+        "parameters: %s trainable of %s (%.2f%%)", f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"]
+    )
+
+    stats = TrainStats()
+    trainer = build_trainer(cfg, [stats])
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**flat_config(cfg), "run_dir": str(folder.path), **{f"params/{k}": v for k, v in params.items()}})
+
+    try:
+        metrics = _fit_test_export(cfg, folder, trainer, module, datamodule, tokenizer, stats, params)
+    except BaseException:
+        finish_loggers(trainer, exit_code=1)
+        raise
+    finish_loggers(trainer, exit_code=0)
+    return metrics
+
+
+def finish_loggers(trainer: L.Trainer, exit_code: int) -> None:
+    """Close W&B runs, so that the next run in this process (multirun, tests) starts its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish(exit_code=exit_code)
+
+
+def _fit_test_export(cfg, folder, trainer, module, datamodule, tokenizer, stats, params) -> dict[str, Any]:
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = best or None  # None: evaluate the weights in memory
+    started = time.perf_counter()
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    eval_seconds = time.perf_counter() - started
+
+    metrics = {
+        "run_name": cfg.run_name,
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "tuning": cfg.tuning.name,
+        "seed": cfg.seed,
+        "best_checkpoint": best,
+        "val": _split_metrics(val, "val"),
+        "test": _split_metrics(test, "test"),
+        "params": params,
+        "train": {**stats.summary(), "epochs": trainer.current_epoch, "steps": trainer.global_step, "eval_time_s": round(eval_seconds, 2)},
+        "data": {split: len(ds) for split, ds in datamodule.examples.items()},
+        "device": str(trainer.strategy.root_device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if trainer.is_global_zero:
+
+        def export(path: Any) -> None:
+            module.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+
+        atomic_write_dir(folder.model_dir, export)
+        folder.write_metrics(metrics)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"final/{k}": v for k, v in metrics["test"].items()}, step=trainer.global_step)
+        log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if "/" not in k))
+        log.info("run folder: %s", folder.path)
+    return metrics

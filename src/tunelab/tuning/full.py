@@ -1,0 +1,7 @@
+"""Full fine-tuning: every parameter trains."""
+
+from tunelab.tuning.base import TuningStrategy
+
+
+class Full(TuningStrategy):
+    name = "full"

@@ -1,0 +1,72 @@
+"""End to end: a tiny BERT learns a learnable task and leaves a complete run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from tests.conftest import make_rows, tiny_overrides
+from tests.helpers import compose_train
+from tunelab.tasks import SequenceClassificationModule
+from tunelab.train import run
+
+
+def test_training_lowers_loss_and_beats_chance(finished_run: tuple[Path, dict]) -> None:
+    out, metrics = finished_run
+    log = pd.read_csv(out / "logs" / "metrics.csv")
+    epoch_loss = log["train/loss_epoch"].dropna().tolist()
+    assert len(epoch_loss) == 6
+    assert epoch_loss[-1] < 0.5 * epoch_loss[0]
+    assert metrics["test"]["accuracy"] > 0.8  # chance is 1/3
+    assert metrics["val"]["macro_f1"] > 0.8
+
+
+def test_run_folder_is_complete(finished_run: tuple[Path, dict]) -> None:
+    out, metrics = finished_run
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test"] == pytest.approx(metrics["test"])
+    assert set(saved["test"]) >= {"accuracy", "macro_f1", "precision", "recall", "loss",
+                                   "f1_per_class/alpha", "f1_per_class/beta", "f1_per_class/gamma"}
+    assert saved["params"]["trainable"] == saved["params"]["total"] > 0
+    assert saved["train"]["samples_per_s"] > 0 and saved["train"]["train_samples"] == 6 * saved["data"]["train"]
+    assert 0 < saved["train"]["padding_efficiency"] <= 1
+    assert saved["data"] == {"train": 240, "validation": 30, "test": 30}
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["task"]["name"] == "csv" and config["seed"] == 42  # resolved, plain yaml
+    env = json.loads((out / "environment.json").read_text())
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] == torch.__version__
+    assert {"commit", "dirty"} <= set(env["git"]) and env["hardware"]["cpu_count"] > 0
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    exported = json.loads((out / "model" / "config.json").read_text())
+    assert exported["id2label"] == {"0": "alpha", "1": "beta", "2": "gamma"}
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_checkpoint_and_exported_model_predict_the_same(finished_run: tuple[Path, dict]) -> None:
+    out, _ = finished_run
+    texts = make_rows(24, seed=99)["text"].tolist()
+    module = SequenceClassificationModule.load_from_checkpoint(out / "checkpoints" / "best.ckpt").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    with torch.no_grad():
+        probs = module.model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
+    classify = pipeline("text-classification", model=str(out / "model"), device="cpu")
+    results = classify(texts)
+    assert [r["label"] for r in results] == [module.labels[i] for i in probs.argmax(-1).tolist()]
+    assert [r["score"] for r in results] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    for name, tensor in module.model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, msg=name)
+
+
+def test_same_seed_gives_identical_metrics(finished_run: tuple[Path, dict], tiny_bert: Path, learnable_csv: Path,
+                                           tmp_path: Path) -> None:
+    _, first = finished_run
+    again = run(compose_train(tmp_path / "again", *tiny_overrides(tiny_bert, learnable_csv)))
+    assert again["test"] == first["test"] and again["val"] == first["val"]
