@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pandas as pd
 import pytest
+import torch
 from omegaconf import DictConfig
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
@@ -30,8 +31,8 @@ NOISE = ["the", "a", "of", "and", "to", "in", "is", "was", "very", "some"]
 
 
 def make_text(label: str, rng: random.Random) -> str:
-    words = [rng.choice(CLASS_WORDS[label]) for _ in range(rng.randint(1, 3))]
-    words += [rng.choice(NOISE) for _ in range(rng.randint(2, 14))]
+    words = [rng.choice(CLASS_WORDS[label]) for _ in range(rng.randint(2, 4))]
+    words += [rng.choice(NOISE) for _ in range(rng.randint(1, 10))]
     rng.shuffle(words)
     return " ".join(words)
 
@@ -69,6 +70,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
     )
+    torch.manual_seed(0)  # the same tiny model in every session
     BertForSequenceClassification(config).save_pretrained(path)
     return path
 
@@ -76,7 +78,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def learnable_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "topics.csv"
-    make_rows(300, seed=0).to_csv(path, index=False)
+    make_rows(600, seed=0).to_csv(path, index=False)
     return path
 
 
@@ -100,7 +102,7 @@ def tiny_overrides(tiny_bert: Path, data: Path, *extra: str) -> list[str]:
         "progress=none",
         "logger=csv",
         "optimizer.lr=3e-3",
-        "scheduler=constant",
+        "scheduler=linear",
         "task.data.batch_size=16",
         "trainer.max_epochs=6",
         "trainer.log_every_n_steps=1",
@@ -117,3 +119,16 @@ def finished_run(tiny_bert: Path, learnable_csv: Path, tmp_path_factory: pytest.
     out = tmp_path_factory.mktemp("runs") / "run"
     metrics = run(compose_train(out, *tiny_overrides(tiny_bert, learnable_csv)))
     return out, metrics
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(finished_run: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT's backbone after fine-tuning on the learnable task, without its head: a stand-in
+    for a pretrained checkpoint, whose features parameter-efficient methods can build on."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir, _ = finished_run
+    path = tmp_path_factory.mktemp("tiny-pretrained")
+    AutoModelForSequenceClassification.from_pretrained(run_dir / "model").base_model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(run_dir / "model").save_pretrained(path)
+    return path

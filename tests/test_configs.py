@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra.utils import instantiate
 
 from tests.conftest import make_rows
 from tests.helpers import compose_train
 from tunelab.config import CONFIG_DIR
-from tunelab.train import build_trainer, run
+from tunelab.train import build_module, build_trainer, run
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
+TUNINGS = sorted(p.stem for p in (CONFIG_DIR / "tuning").glob("*.yaml") if p.stem != "distill")
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 OFFLINE_MODELS = {"minilm", "tiny"}
 OFFLINE_TASKS = {"bbc-news", "tweet-sentiment"}
@@ -40,6 +40,7 @@ HUB_SCHEMAS = {
 def test_every_group_option_is_covered() -> None:
     assert {"minilm", "tiny", "bert", "roberta", "distilbert", "deberta-v3", "bert-chinese"} <= set(MODELS)
     assert {"sentiment", "imdb", "ag_news", "tweet-sentiment", "bbc-news", "csv", "json"} <= set(TASKS)
+    assert {"full", "freeze", "head-only", "bitfit", "lora", "ia3", "prompt", "prefix", "ptuning", "adapter"} <= set(TUNINGS)
     for group in ("optimizer", "scheduler", "trainer", "logger", "tuning", "callbacks"):
         assert list((CONFIG_DIR / group).glob("*.yaml")), group
 
@@ -108,16 +109,36 @@ def test_every_experiment_runs(experiment: str, tmp_path: Path) -> None:
     assert metrics["train"]["steps"] == 2 and (tmp_path / "metrics.json").is_file()
 
 
+class _Labels:
+    def module_kwargs(self) -> dict:
+        return {"labels": ["a", "b"]}
+
+
 @pytest.mark.parametrize("model", sorted(OFFLINE_MODELS))
 def test_offline_models_instantiate_for_real(model: str, tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, f"model={model}")
-    module = instantiate(cfg.task.module, labels=["a", "b"], model=cfg.model, optimizer=cfg.optimizer,
-                         scheduler=cfg.scheduler, tuning=cfg.tuning, _recursive_=False, _convert_="all")
+    module = build_module(cfg, _Labels())
     counts = module.parameter_counts()
     if model == "minilm":
         assert 22_000_000 < counts["total"] < 23_000_000
     else:
         assert counts["total"] < 2_000_000 and module.model.config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("tuning", TUNINGS)
+def test_every_tuning_preset_instantiates_on_minilm(tuning: str, tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, "model=minilm", f"tuning={tuning}")
+    assert cfg.optimizer.lr == cfg.tuning.lr  # each preset carries its learning rate
+    module = build_module(cfg, _Labels())
+    pct = module.parameter_counts()["trainable_pct"]
+    assert pct == 100 if tuning == "full" else pct < 100
+    if tuning in ("lora", "ia3", "prompt", "prefix", "ptuning", "bitfit", "head-only"):
+        assert pct < 1.0, pct
+
+
+def test_distill_preset_composes_with_any_student(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, "tuning=distill", "tuning.teacher=some/teacher", "tuning/student=lora")
+    assert cfg.tuning.name == "distill-lora" and cfg.optimizer.lr == cfg.tuning.student.lr
 
 
 def test_json_task_reads_jsonl(tmp_path: Path) -> None:

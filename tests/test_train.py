@@ -37,7 +37,7 @@ def test_run_folder_is_complete(finished_run: tuple[Path, dict]) -> None:
     assert saved["params"]["trainable"] == saved["params"]["total"] > 0
     assert saved["train"]["samples_per_s"] > 0 and saved["train"]["train_samples"] == 6 * saved["data"]["train"]
     assert 0 < saved["train"]["padding_efficiency"] <= 1
-    assert saved["data"] == {"train": 240, "validation": 30, "test": 30}
+    assert saved["data"] == {"train": 480, "validation": 60, "test": 60}
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["task"]["name"] == "csv" and config["seed"] == 42  # resolved, plain yaml
     env = json.loads((out / "environment.json").read_text())

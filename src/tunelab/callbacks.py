@@ -6,6 +6,7 @@ import logging
 import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,57 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process and, on GPU, peak allocated device memory."""
-    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available():
-        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return peak
+def _rss_mb() -> float | None:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakMemory:
+    """Peak resident memory of this process while running (sampled every ``interval`` s, so
+    several runs in one process, as in a Hydra multirun, each get their own peak), and peak
+    allocated GPU memory."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.peak_rss = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while True:
+            rss = _rss_mb()
+            if rss is not None:
+                self.peak_rss = max(self.peak_rss, rss)
+            if self._stop.wait(self.interval):
+                return
+
+    def start(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self.peak_rss = 0.0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def summary(self) -> dict[str, float]:
+        peak = {"peak_rss_mb": self.peak_rss or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if torch.cuda.is_available():
+            peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return peak
 
 
 class TrainStats(L.Callback):
-    """Training throughput: time spent in training steps (validation excluded), samples, tokens.
+    """Training throughput: time spent in training steps (validation excluded), samples, tokens,
+    and peak memory during fit.
 
     ``padding_efficiency`` is real tokens / tokens fed (attention-mask ones / its size).
     """
@@ -53,13 +95,19 @@ class TrainStats(L.Callback):
         self.fit_seconds = 0.0
         self._t: float | None = None
         self._fit_start = 0.0
+        self.memory = PeakMemory()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.reset()
+        self.memory.start()
         self._fit_start = time.perf_counter()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fit_seconds = time.perf_counter() - self._fit_start
+        self.memory.stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.memory.stop()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t = time.perf_counter()
@@ -94,7 +142,7 @@ class TrainStats(L.Callback):
             "samples_per_s": round(self.samples / seconds, 2),
             "tokens_per_s": round(self.real_tokens / seconds, 1),
             "padding_efficiency": round(self.real_tokens / max(self.fed_tokens, 1), 4),
-            **{k: round(v, 1) for k, v in peak_memory_mb().items()},
+            **{k: round(v, 1) for k, v in self.memory.summary().items()},
         }
 
 

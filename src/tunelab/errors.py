@@ -1,5 +1,8 @@
 """Errors that tunelab reports to the user as one clear message, without a traceback."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class TunelabError(Exception):
     """Base class: a problem with the user's configuration, data or environment."""
@@ -31,3 +34,15 @@ def find_tunelab_error(err: BaseException) -> TunelabError | None:
 def unwrap(err: BaseException) -> BaseException:
     """``err``'s TunelabError cause if it has one, else ``err`` itself."""
     return find_tunelab_error(err) or err
+
+
+@contextmanager
+def unwrapped_errors() -> Iterator[None]:
+    """Re-raise a TunelabError that Hydra's instantiate (or a library) wrapped, as itself."""
+    try:
+        yield
+    except Exception as err:
+        cause = find_tunelab_error(err)
+        if cause is None or cause is err:
+            raise
+        raise cause from err

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from tunelab.data.sources import load
 from tunelab.errors import TunelabError, find_tunelab_error
+from tunelab.exported import EXPORT_INFO, is_run_folder, read_export_info
 from tunelab.io import atomic_write_json
 from tunelab.models import load_tokenizer
 from tunelab.run_folder import RunFolder
@@ -38,21 +39,20 @@ def predict(
     """Predict ``data_file`` with the model exported in ``run_dir``; returns metrics (if labelled)
     and the output paths. ``columns`` overrides the run's data column names, e.g. ``{"text_column": "body"}``."""
     folder = RunFolder(run_dir)
-    if not folder.config.is_file() or not (folder.model_dir / "config.json").is_file():
-        raise TunelabError(f"{run_dir} is not a finished run folder (config.yaml and model/ are needed)")
+    if not is_run_folder(folder.path):
+        raise TunelabError(f"{run_dir} is not a finished run folder (config.yaml and model/{EXPORT_INFO} are needed)")
     cfg = OmegaConf.load(folder.config)
-    model_cfg = {**OmegaConf.to_container(cfg.model), "name_or_path": str(folder.model_dir), "tokenizer": None,
-                 "from_scratch": False, "config_overrides": {}, "revision": None}
-    tokenizer = load_tokenizer(model_cfg)
+    info = read_export_info(folder.model_dir)
+    tokenizer = load_tokenizer({"name_or_path": str(folder.model_dir)})
 
     source = load(path="", data_files={"test": str(data_file)}, encoding=encoding)
     data_kwargs: dict[str, Any] = {**(columns or {})}
     label_column = data_kwargs.get("label_column", cfg.task.data.get("label_column"))
     if label_column and label_column not in source.splits["test"].column_names:
         data_kwargs["label_column"] = None  # unlabelled: predictions only
-    model_config = json.loads((folder.model_dir / "config.json").read_text())
-    if "id2label" in model_config:
-        data_kwargs["labels"] = [model_config["id2label"][str(i)] for i in range(len(model_config["id2label"]))]
+    if "id2label" in info["config_kwargs"]:
+        id2label = info["config_kwargs"]["id2label"]
+        data_kwargs["labels"] = [id2label[i] for i in range(len(id2label))]
     make_datamodule = instantiate(cfg.task.data, _partial_=True, _recursive_=False)
     datamodule = make_datamodule(
         tokenizer=tokenizer, source=source, splits={"test": "test"}, max_samples={},
@@ -60,8 +60,8 @@ def predict(
     )
     datamodule.setup("predict")
     module = instantiate(
-        cfg.task.module, **datamodule.module_kwargs(), model=model_cfg, optimizer=cfg.optimizer,
-        _recursive_=False, _convert_="all",
+        cfg.task.module, **datamodule.module_kwargs(), model=info["model"], optimizer=cfg.optimizer,
+        tuning=info["tuning"], pretrained=str(folder.model_dir), _recursive_=False, _convert_="all",
     )
     trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=sys.stdout.isatty(),
                         enable_model_summary=False, enable_checkpointing=False)

@@ -11,12 +11,16 @@ import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
 
 from tunelab.callbacks import AtomicCheckpointIO, TrainStats, progress_callbacks
+from tunelab.data.base import TaskDataModule
+from tunelab.errors import unwrapped_errors
 from tunelab.hub import check_hub
 from tunelab.io import atomic_write_dir
 from tunelab.models import load_tokenizer
 from tunelab.run_folder import RunFolder
+from tunelab.tasks.base import TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,27 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
+
+
+def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> TaskDataModule:
+    """The task's datamodule (not set up yet)."""
+    with unwrapped_errors():
+        return instantiate(cfg.task.data, tokenizer=tokenizer, seed=cfg.seed, **overrides, _recursive_=False)
+
+
+def build_module(cfg: DictConfig, datamodule: TaskDataModule, **overrides: Any) -> TaskModule:
+    """The task module: backbone + head from ``model``, tuned by ``tuning``, for the set-up data."""
+    with unwrapped_errors():
+        return instantiate(
+            cfg.task.module,
+            **{**datamodule.module_kwargs(), **overrides},
+            model=cfg.model,
+            optimizer=cfg.optimizer,
+            scheduler=cfg.scheduler,
+            tuning=cfg.tuning,
+            _recursive_=False,
+            _convert_="all",  # plain containers in the checkpoint's hparams
+        )
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
@@ -76,19 +101,9 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     tokenizer = load_tokenizer(cfg.model)
-    datamodule = instantiate(cfg.task.data, tokenizer=tokenizer, seed=cfg.seed, _recursive_=False)
+    datamodule = build_datamodule(cfg, tokenizer)
     datamodule.setup("fit")
-
-    module = instantiate(
-        cfg.task.module,
-        **datamodule.module_kwargs(),
-        model=cfg.model,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler,
-        tuning=cfg.tuning,
-        _recursive_=False,
-        _convert_="all",  # plain containers in the checkpoint's hparams
-    )
+    module = build_module(cfg, datamodule)
     params = module.parameter_counts()
     log.info(
         "parameters: %s trainable of %s (%.2f%%)", f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"]
@@ -144,11 +159,7 @@ def _fit_test_export(cfg, folder, trainer, module, datamodule, tokenizer, stats,
     }
     if trainer.is_global_zero:
 
-        def export(path: Any) -> None:
-            module.save_pretrained(path)
-            tokenizer.save_pretrained(path)
-
-        atomic_write_dir(folder.model_dir, export)
+        atomic_write_dir(folder.model_dir, lambda path: module.save_pretrained(path, tokenizer))
         folder.write_metrics(metrics)
         for logger in trainer.loggers:
             logger.log_metrics({f"final/{k}": v for k, v in metrics["test"].items()}, step=trainer.global_step)

@@ -12,9 +12,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MetricCollection
-from transformers import PreTrainedModel, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from tunelab.errors import ConfigError
+from tunelab.exported import export_info, write_export_info
 from tunelab.models import load_model
 from tunelab.tuning.base import TuningStrategy
 
@@ -65,19 +66,27 @@ class TaskModule(L.LightningModule):
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
         tuning: Mapping[str, Any] | None = None,
+        pretrained: str | None = None,
     ):
         super().__init__()
         self.model_cfg = _plain(model)
         self.optimizer_cfg = _plain(optimizer)
         self.scheduler_cfg = _plain(scheduler) or {"name": "constant"}
+        self.tuning_cfg = _plain(tuning)
         self.tuning: TuningStrategy = instantiate(tuning) if tuning else TuningStrategy()
+        self.pretrained = pretrained
         self.model: nn.Module
 
     def build(self, **config_kwargs: Any) -> None:
-        """Load the backbone + head and apply the tuning strategy."""
-        backbone: PreTrainedModel = load_model(self.auto_model_class, self.model_cfg, **config_kwargs)
-        backbone.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds (no dropout)
-        self.model = self.tuning.apply(backbone)
+        """Load the backbone + head and apply the tuning strategy (or load a tuned export)."""
+        self.config_kwargs = config_kwargs
+        if self.pretrained:
+            self.model = self.tuning.load_pretrained(self.auto_model_class, self.model_cfg, Path(self.pretrained), **config_kwargs)
+        else:
+            backbone: PreTrainedModel = load_model(self.auto_model_class, self.model_cfg, **config_kwargs)
+            backbone.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds (no dropout)
+            self.model = self.tuning.apply(backbone)
+        self.tuning_modules = nn.ModuleDict(self.tuning.modules())  # e.g. a teacher: moves with the module
         metrics = self.build_metrics()
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -98,7 +107,7 @@ class TaskModule(L.LightningModule):
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Training objective; strategies such as distillation extend it."""
-        return outputs.loss
+        return self.tuning.loss(outputs, batch, outputs.loss)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch), batch)
@@ -132,6 +141,7 @@ class TaskModule(L.LightningModule):
 
     # --- optimisation ----------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, float]:
+        """Counts of the tuned model (a distillation teacher is not counted)."""
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
@@ -157,6 +167,8 @@ class TaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- export ----------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        """The tuned model in Hugging Face format (or the strategy's own format)."""
-        self.tuning.save(self.model, Path(path))
+    def save_pretrained(self, path: str | Path, tokenizer: PreTrainedTokenizerBase) -> None:
+        """The tuned model in the strategy's format (Hugging Face for full fine-tuning) + ``tunelab.json``."""
+        path = Path(path)
+        self.tuning.save(self.model, path, tokenizer)
+        write_export_info(path, export_info(self.auto_model_class, self.model_cfg, self.tuning_cfg, self.config_kwargs))

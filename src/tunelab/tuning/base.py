@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 class TuningStrategy:
-    """Decides which parameters of a task model train, and how the result is saved.
+    """Decides which parameters of a task model train, and how the result is saved and reloaded.
 
-    ``apply`` receives the full task model (backbone + head) and returns the model to train.
+    A new method subclasses this in its own file and overrides what it changes:
+
+    - ``apply(model)``: receives the full task model (backbone + head), returns the model to train.
+    - ``loss(outputs, batch, task_loss)``: an extra training objective (distillation does this).
+    - ``modules()``: extra modules the task module must hold (moved to the device with it).
+    - ``save`` / ``load_pretrained``: the export format and how to load it back.
     """
 
     name: str = "base"
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, lr: float | None = None):
+        """``lr`` is the preset's learning rate, read by the optimizer config (``${tuning.lr}``)."""
         self.name = name or type(self).name
+        self.lr = lr
 
     def apply(self, model: PreTrainedModel) -> nn.Module:
         return model
 
-    def save(self, model: nn.Module, path: Path) -> None:
-        """Save in Hugging Face format (``from_pretrained`` loads it)."""
+    def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor], task_loss: torch.Tensor) -> torch.Tensor:
+        return task_loss
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def save(self, model: nn.Module, path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Save in Hugging Face format: ``AutoModelFor*.from_pretrained(path)`` and pipelines load it."""
         model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    def load_pretrained(self, auto_class: type, model_cfg: Mapping[str, Any], path: Path, **config_kwargs: Any) -> nn.Module:
+        """Load what ``save`` wrote (``model_cfg`` names the base model, for strategies that need it)."""
+        return auto_class.from_pretrained(path)
