@@ -174,3 +174,34 @@ def test_reloaded_checkpoint_of_a_peft_run_predicts_the_same(tiny_bert: Path, le
     texts = make_rows(8, seed=2)["text"].tolist()
     torch.testing.assert_close(predict_logits(module.model, tokenizer, texts),
                                predict_logits(load_run_model(out), tokenizer, texts))
+
+
+def test_unsupported_peft_pairing_fails_at_start_up_with_one_message() -> None:
+    from peft import PrefixTuningConfig
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from tunelab.tuning import Peft
+
+    model = DebertaV2ForSequenceClassification(DebertaV2Config(vocab_size=99, hidden_size=16, num_hidden_layers=2,
+                                                               num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(ConfigError, match=r"tuning=prefix \(PrefixTuningConfig\) does not work with "
+                                          r"DebertaV2ForSequenceClassification .*past key values.*tuning=prompt"):
+        Peft(PrefixTuningConfig(num_virtual_tokens=4), name="prefix").apply(model)
+
+
+@pytest.mark.parametrize("config", ["lora", "ia3", "prompt", "prefix"])
+def test_peft_methods_fill_in_what_distilbert_names_differently(config: str) -> None:
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from tunelab.tuning import Peft
+
+    peft_config = {"lora": LoraConfig(r=2), "ia3": IA3Config(), "prompt": PromptTuningConfig(num_virtual_tokens=4),
+                   "prefix": PrefixTuningConfig(num_virtual_tokens=4)}[config]
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=99, dim=16, n_layers=2, n_heads=2, hidden_dim=32))
+    if config == "prefix":  # DistilBERT has no key/value cache to prefix
+        with pytest.raises(ConfigError, match="does not support past key values"):
+            Peft(peft_config, name=config).apply(model)
+        return
+    wrapped = Peft(peft_config, name=config).apply(model)
+    assert 0 < sum(p.numel() for p in wrapped.parameters() if p.requires_grad) < sum(p.numel() for p in wrapped.parameters())

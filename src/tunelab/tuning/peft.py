@@ -33,8 +33,13 @@ TASK_TYPES = {
     "LMHeadModel": "CAUSAL_LM",
     "EncoderDecoderModel": "SEQ_2_SEQ_LM",
 }
-# Target modules for architectures that peft's own table leaves out.
-EXTRA_LORA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
+# Target modules for architectures that peft's own tables leave out.
+EXTRA_TARGETS = {
+    "LoraConfig": {"distilbert": {"target_modules": ["q_lin", "v_lin"]}},
+    "IA3Config": {"distilbert": {"target_modules": ["k_lin", "v_lin", "lin2"], "feedforward_modules": ["lin2"]}},
+}
+# Sizes that prompt learning reads from the model config (DistilBERT names them dim, n_layers, n_heads).
+PROMPT_SIZES = {"token_dim": "hidden_size", "num_layers": "num_hidden_layers", "num_attention_heads": "num_attention_heads"}
 
 
 def task_type_of(model: nn.Module) -> str | None:
@@ -61,9 +66,14 @@ class Peft(TuningStrategy):
         if config.task_type is None:
             config.task_type = task_type_of(model)
         model_type = getattr(model.config, "model_type", "")
-        needs_targets = getattr(config, "target_modules", False) is None and model_type not in LORA_TARGETS
-        if needs_targets and model_type in EXTRA_LORA_TARGETS:
-            config.target_modules = EXTRA_LORA_TARGETS[model_type]
+        extra = EXTRA_TARGETS.get(type(config).__name__, {}).get(model_type, {})
+        if getattr(config, "target_modules", False) is None and model_type not in LORA_TARGETS:
+            for key, value in extra.items():
+                setattr(config, key, value)
+        if config.is_prompt_learning:
+            for key, attr in PROMPT_SIZES.items():
+                if getattr(config, key, None) is None and hasattr(model.config, attr):
+                    setattr(config, key, getattr(model.config, attr))
         return config
 
     def apply(self, model: PreTrainedModel) -> nn.Module:
@@ -75,10 +85,11 @@ class Peft(TuningStrategy):
                     wrapped.eval()(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long))
                 wrapped.train()
         except (ValueError, TypeError, AttributeError, NotImplementedError, RuntimeError, KeyError) as err:
+            hint = ("use tuning=prompt or tuning=lora instead" if config.is_prompt_learning
+                    else "set tuning.peft.target_modules to the names of the attention projections")
             raise ConfigError(
                 f"tuning={self.name} ({type(config).__name__}) does not work with {type(model).__name__} "
-                f"(model_type '{getattr(model.config, 'model_type', '?')}'): {err}. "
-                "For LoRA/IA3 set tuning.peft.target_modules to the attention projection names."
+                f"(model_type '{getattr(model.config, 'model_type', '?')}'): {err}; {hint}"
             ) from err
         return wrapped
 
