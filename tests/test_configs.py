@@ -29,17 +29,27 @@ SHORT = [
     "trainer.num_sanity_val_steps=0", "task.data.max_samples={train: 64, validation: 32, test: 32}",
 ]
 
-# Local stand-ins for Hub datasets: (columns -> values, splits, rows per split)
+# Local stand-ins for Hub datasets: text columns, label names ("float" for scores), source splits.
 HUB_SCHEMAS = {
-    "sentiment": ("sentence", ["negative", "positive"], ["train", "validation"]),
-    "imdb": ("text", ["neg", "pos"], ["train", "test"]),
-    "ag_news": ("text", ["World", "Sports", "Business", "Sci/Tech"], ["train", "test"]),
+    "sentiment": (["sentence"], ["negative", "positive"], ["train", "validation"]),
+    "imdb": (["text"], ["neg", "pos"], ["train", "test"]),
+    "ag_news": (["text"], ["World", "Sports", "Business", "Sci/Tech"], ["train", "test"]),
+    "cola": (["sentence"], ["unacceptable", "acceptable"], ["train", "validation"]),
+    "mrpc": (["sentence1", "sentence2"], ["not_equivalent", "equivalent"], ["train", "validation"]),
+    "qqp": (["question1", "question2"], ["not_duplicate", "duplicate"], ["train", "validation"]),
+    "qnli": (["question", "sentence"], ["entailment", "not_entailment"], ["train", "validation"]),
+    "rte": (["sentence1", "sentence2"], ["entailment", "not_entailment"], ["train", "validation"]),
+    "stsb": (["sentence1", "sentence2"], "float", ["train", "validation"]),
+    "mnli": (["premise", "hypothesis"], ["entailment", "neutral", "contradiction"],
+             ["train", "validation_matched", "validation_mismatched"]),
 }
+TRAIN_ROWS = {"ag_news": 5100, "sentiment": 1000, "qqp": 5100, "qnli": 5100, "mnli": 5100}
 
 
 def test_every_group_option_is_covered() -> None:
     assert {"minilm", "tiny", "bert", "roberta", "distilbert", "deberta-v3", "bert-chinese"} <= set(MODELS)
     assert {"sentiment", "imdb", "ag_news", "tweet-sentiment", "bbc-news", "csv", "json"} <= set(TASKS)
+    assert {"cola", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb"} <= set(TASKS)
     assert {"full", "freeze", "head-only", "bitfit", "lora", "ia3", "prompt", "prefix", "ptuning", "adapter"} <= set(TUNINGS)
     for group in ("optimizer", "scheduler", "trainer", "logger", "tuning", "callbacks"):
         assert list((CONFIG_DIR / group).glob("*.yaml")), group
@@ -73,13 +83,18 @@ def test_every_optimizer_scheduler_logger_trainer_composes(group: str, option: s
 
 
 def _fake_hub_task(task: str, tmp_path: Path) -> list[str]:
-    text_column, labels, splits = HUB_SCHEMAS[task]
+    columns, labels, splits = HUB_SCHEMAS[task]
     files = []
     for i, split in enumerate(splits):
-        rows = make_rows({"ag_news": 5100, "sentiment": 1000}.get(task, 120) if split == "train" else 120, seed=i)
-        rows["label"] = rows["label"].map(dict(zip(["alpha", "beta", "gamma"], [labels[0], labels[1], labels[-1]], strict=True)))
+        rows = make_rows(TRAIN_ROWS.get(task, 120) if split == "train" else 120, seed=i)
+        if labels == "float":
+            rows["label"] = rows["label"].map({"alpha": 0.5, "beta": 2.5, "gamma": 4.5})
+        else:
+            rows["label"] = rows["label"].map(dict(zip(["alpha", "beta", "gamma"], [labels[0], labels[1], labels[-1]], strict=True)))
+        for column in columns:
+            rows[column] = rows["text"]
         path = tmp_path / f"{split}.csv"
-        rows.rename(columns={"text": text_column}).to_csv(path, index=False)
+        rows[[*columns, "label"]].to_csv(path, index=False)
         files.append(f"{split}: {path}")
     return ["~task.data.source", "+task.data.source={_target_: tunelab.data.sources.load, path: csv, data_files: {" + ", ".join(files) + "}}"]
 
@@ -98,7 +113,12 @@ def test_every_task_instantiates_and_trains_a_step(task: str, tiny_bert: Path, t
     cfg = compose_train(tmp_path / "run", f"task={task}", "model=tiny", f"model.name_or_path={tiny_bert}", *SHORT, *extra)
     metrics = run(cfg)
     assert metrics["train"]["steps"] == 2
-    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    if cfg.task.family == "regression":
+        assert set(metrics["test"]) >= {"pearson", "spearman", "mse", "loss"}
+    else:
+        assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and "mcc" in metrics["test"]
+    if task == "mnli":
+        assert set(metrics["test_mismatched"]) == set(metrics["test"]) and metrics["data"]["test_mismatched"] == 120
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -139,7 +139,8 @@ def _fit_test_export(cfg, folder, trainer, module, datamodule, tokenizer, stats,
     best = best or None  # None: evaluate the weights in memory
     started = time.perf_counter()
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+              for k, v in results.items()}
     eval_seconds = time.perf_counter() - started
 
     metrics = {
@@ -150,7 +151,8 @@ def _fit_test_export(cfg, folder, trainer, module, datamodule, tokenizer, stats,
         "seed": cfg.seed,
         "best_checkpoint": best,
         "val": _split_metrics(val, "val"),
-        "test": _split_metrics(test, "test"),
+        **{name: _split_metrics({k: v for k, v in tested.items() if k.startswith(f"{name}/")}, name)
+           for name in datamodule.test_splits},
         "params": params,
         "train": {**stats.summary(), "epochs": trainer.current_epoch, "steps": trainer.global_step, "eval_time_s": round(eval_seconds, 2)},
         "data": {split: len(ds) for split, ds in datamodule.examples.items()},

@@ -32,3 +32,13 @@ def test_macro_f1_counts_a_never_predicted_class_as_zero() -> None:
     f1_neg = 2 * (2 / 4) * 1 / ((2 / 4) + 1)
     assert values["f1_per_class/pos"] == 0.0
     assert values["macro_f1"] == pytest.approx(f1_neg / 2)
+
+
+def test_matthews_correlation_matches_the_formula() -> None:
+    target = [1, 1, 1, 0, 0, 0, 1, 0]
+    preds = [1, 0, 1, 0, 0, 1, 1, 0]
+    tp, tn, fp, fn = 3, 3, 1, 1
+    expected = (tp * tn - fp * fn) / ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
+    metrics = classification_metrics(2)
+    metrics.update(torch.tensor(preds), torch.tensor(target))
+    assert metrics.compute()["mcc"].item() == pytest.approx(expected)

@@ -34,6 +34,7 @@ class TaskDataModule(L.LightningDataModule):
         tokenizer: the model's tokenizer.
         source: a loader config (``_target_`` in ``tunelab.data.sources``) or a loaded ``Source``.
         splits: our split name -> the source's split name; splits left out are carved from train.
+            Further test sets are named ``test_<name>`` (e.g. MNLI's ``test_mismatched``).
         val_size, test_size: what to carve from train when a split is missing (fraction or count).
         data_seed: seed of carving and subsampling (fixed across training seeds).
         max_samples: optional cap per split, e.g. ``{train: 6000}``.
@@ -115,9 +116,9 @@ class TaskDataModule(L.LightningDataModule):
     def _pick_splits(self, source: Source, need_train: bool) -> dict[str, datasets.Dataset]:
         names = self.split_names or {s: s for s in SPLITS if s in source.splits}
         picked = {}
-        for ours, theirs in sorted(names.items(), key=lambda kv: SPLITS.index(kv[0]) if kv[0] in SPLITS else -1):
-            if ours not in SPLITS:
-                raise ConfigError(f"task.data.splits: unknown split '{ours}', use {list(SPLITS)}")
+        for ours, theirs in sorted(names.items(), key=lambda kv: SPLITS.index(kv[0]) if kv[0] in SPLITS else len(SPLITS)):
+            if ours not in SPLITS and not ours.startswith("test_"):
+                raise ConfigError(f"task.data.splits: unknown split '{ours}', use {list(SPLITS)} or test_<name>")
             if theirs not in source.splits:
                 raise DataError(
                     f"split '{theirs}' (task.data.splits.{ours}) not found; the source has {list(source.splits)}"
@@ -199,8 +200,14 @@ class TaskDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.eval_batch_size, self.eval_order("validation"))
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, self.eval_order("test"))
+    @property
+    def test_splits(self) -> list[str]:
+        """``test`` and any further ``test_<name>`` sets, in the order of ``test_dataloader``."""
+        return [s for s in self.features if s == "test" or s.startswith("test_")]
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader(s, self.eval_batch_size, self.eval_order(s)) for s in self.test_splits]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, self.eval_order("test"))

@@ -1,8 +1,9 @@
-"""Sequence classification data: one text (or a text pair) and a label per row."""
+"""Sequence classification and regression data: one text (or a text pair) and a label per row."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -103,6 +104,16 @@ class ClassificationDataModule(TaskDataModule):
         ds = self._drop_empty(ds, split, where)
         if not self.label_column:
             return ds
+        return self.encode_labels(ds, split, where)
+
+    @staticmethod
+    def _set_labels(ds: datasets.Dataset, values: list) -> datasets.Dataset:
+        if "labels" in ds.column_names:
+            ds = ds.remove_columns("labels")
+        return ds.add_column("labels", values)
+
+    def encode_labels(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
+        """Label values -> ids in ``self.labels`` (inferred from train when not declared)."""
         values = self._label_strings(ds)
         if self.labels is None:
             if split != "train":
@@ -119,10 +130,7 @@ class ClassificationDataModule(TaskDataModule):
                 f"{len(bad)} rows in split '{split}' of {where} have labels outside the declared set "
                 f"{self.labels} (task.data.labels): rows {_rows(bad)} with values {seen}"
             )
-        ids = [index[v] for v in values]
-        if "labels" in ds.column_names:
-            ds = ds.remove_columns("labels")
-        ds = ds.add_column("labels", ids)
+        ds = self._set_labels(ds, [index[v] for v in values])
         return ds.cast_column("labels", datasets.ClassLabel(names=self.labels))
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
@@ -134,3 +142,30 @@ class ClassificationDataModule(TaskDataModule):
 
     def collate_fn(self) -> Callable:
         return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
+
+
+class RegressionDataModule(ClassificationDataModule):
+    """Text (+ pair) regression, e.g. STS-B similarity scores: the label column holds numbers."""
+
+    stratify_column = None
+
+    def module_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def encode_labels(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
+        values, bad = [], []
+        for i, v in enumerate(ds[self.label_column]):
+            try:
+                number = float(v)
+            except (TypeError, ValueError):
+                number = math.nan
+            if math.isnan(number):
+                bad.append(i)
+            values.append(number)
+        if bad:
+            seen = sorted({str(ds[self.label_column][i]) for i in bad[:MAX_ROWS_SHOWN]})
+            raise DataError(
+                f"{len(bad)} rows in split '{split}' of {where} have non-numeric labels in "
+                f"'{self.label_column}' (task.data.label_column): rows {_rows(bad)} with values {seen}"
+            )
+        return self._set_labels(ds, values).cast_column("labels", datasets.Value("float32"))

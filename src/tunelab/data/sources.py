@@ -64,7 +64,7 @@ def check_decodable(path: Path, encoding: str, field_name: str = "task.data.sour
 
 
 def load(
-    path: str,
+    path: str = "",
     name: str | None = None,
     data_files: str | Sequence[str] | Mapping[str, Any] | None = None,
     revision: str | None = None,
@@ -101,6 +101,8 @@ def load(
             raise DataError(f"split '{split}' is empty (0 rows): {', '.join(files.get(split, []))}") from None
         return Source(splits, {split: ", ".join(paths) for split, paths in files.items()})
 
+    if not path:
+        raise DataError("task.data.source needs a Hub dataset `path` or local `data_files`")
     fix = (
         "Download it where you have internet and point the task at local files, e.g. "
         "task=csv task.data.source.data_files.train=/data/train.csv task.data.source.data_files.test=/data/test.csv"

@@ -1,4 +1,4 @@
-"""Classification metrics: accuracy, macro F1 / precision / recall, per-class F1."""
+"""Classification metrics: accuracy, macro F1 / precision / recall, per-class F1, Matthews correlation."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
+    MulticlassMatthewsCorrCoef,
     MulticlassPrecision,
     MulticlassRecall,
 )
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
-    """Metrics over predicted class ids and targets; ``f1_per_class`` is a vector."""
+    """Metrics over predicted class ids and targets; ``f1_per_class`` is a vector (its entry for the
+    positive class is GLUE's F1 on MRPC/QQP); ``mcc`` is GLUE's CoLA metric."""
     return MetricCollection(
         {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
@@ -23,6 +25,7 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "precision": MulticlassPrecision(num_classes, average="macro"),
             "recall": MulticlassRecall(num_classes, average="macro"),
             "f1_per_class": MulticlassF1Score(num_classes, average="none"),
+            "mcc": MulticlassMatthewsCorrCoef(num_classes),
         }
     )
 

@@ -2,5 +2,6 @@
 
 from tunelab.tasks.base import TaskModule
 from tunelab.tasks.classification import SequenceClassificationModule
+from tunelab.tasks.regression import SequenceRegressionModule
 
-__all__ = ["SequenceClassificationModule", "TaskModule"]
+__all__ = ["SequenceClassificationModule", "SequenceRegressionModule", "TaskModule"]

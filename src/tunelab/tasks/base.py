@@ -90,6 +90,8 @@ class TaskModule(L.LightningModule):
         metrics = self.build_metrics()
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.extra_test_metrics = nn.ModuleDict()  # further test sets (test_<name>), made at test time
+        self._test_names = ["test"]
 
     # --- task hooks ------------------------------------------------------------------------------
     def build_metrics(self) -> MetricCollection:
@@ -116,24 +118,37 @@ class TaskModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
         outputs = self(batch)
-        self.log(f"{stage}/loss", outputs.loss, on_epoch=True, sync_dist=True, batch_size=len(batch["input_ids"]))
+        self.log(f"{stage}/loss", outputs.loss, on_epoch=True, sync_dist=True, batch_size=len(batch["input_ids"]),
+                 add_dataloader_idx=False)
         self.update_metrics(metrics, outputs, batch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+    def _test_set(self, name: str) -> MetricCollection:
+        return self.test_metrics if name == "test" else self.extra_test_metrics[name]
+
+    def on_test_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self._test_names = list(getattr(datamodule, "test_splits", None) or ["test"])
+        for name in self._test_names[1:]:
+            if name not in self.extra_test_metrics:
+                self.extra_test_metrics[name] = self.build_metrics().clone(prefix=f"{name}/").to(self.device)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        name = self._test_names[dataloader_idx]
+        self._eval_step(batch, self._test_set(name), name)
 
     def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
-        self.log_dict(self.metric_values(metrics), prog_bar=False)
+        self.log_dict(self.metric_values(metrics), prog_bar=False, add_dataloader_idx=False)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics(self.val_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics(self.test_metrics)
+        for name in self._test_names:
+            self._log_epoch_metrics(self._test_set(name))
 
     def predictions_table(self, batches: list[dict[str, torch.Tensor]], order: list[int]) -> dict[str, list]:
         """Columns to write beside the input rows; ``order[i]`` is the row of the i-th prediction."""
