@@ -114,12 +114,45 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams({**flat_config(cfg), "run_dir": str(folder.path), **{f"params/{k}": v for k, v in params.items()}})
 
+    succeeded = False
     try:
-        metrics = _fit_test_export(cfg, folder, trainer, module, datamodule, tokenizer, stats, params)
-    except BaseException:
-        finish_loggers(trainer, exit_code=1)
-        raise
-    finish_loggers(trainer, exit_code=0)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best or None  # None: evaluate the weights in memory
+        started = time.perf_counter()
+        val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+        tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+                  for k, v in results.items()}
+        eval_seconds = time.perf_counter() - started
+
+        metrics = {
+            "run_name": cfg.run_name,
+            "task": cfg.task.name,
+            "model": cfg.model.name,
+            "tuning": cfg.tuning.name,
+            "seed": cfg.seed,
+            "best_checkpoint": best,
+            "val": _split_metrics(val, "val"),
+            **{name: _split_metrics({k: v for k, v in tested.items() if k.startswith(f"{name}/")}, name)
+               for name in datamodule.test_splits},
+            "params": params,
+            "train": {**stats.summary(), "epochs": trainer.current_epoch, "steps": trainer.global_step,
+                      "eval_time_s": round(eval_seconds, 2)},
+            "data": {split: len(ds) for split, ds in datamodule.examples.items()},
+            "device": str(trainer.strategy.root_device),
+            "torch_threads": torch.get_num_threads(),
+        }
+        if trainer.is_global_zero:
+            atomic_write_dir(folder.model_dir, lambda path: module.save_pretrained(path, tokenizer))
+            folder.write_metrics(metrics)
+            for logger in trainer.loggers:
+                logger.log_metrics({f"final/{k}": v for k, v in metrics["test"].items()}, step=trainer.global_step)
+            log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if "/" not in k))
+            log.info("run folder: %s", folder.path)
+        succeeded = True
+    finally:
+        finish_loggers(trainer, exit_code=0 if succeeded else 1)
     return metrics
 
 
@@ -130,41 +163,3 @@ def finish_loggers(trainer: L.Trainer, exit_code: int) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish(exit_code=exit_code)
-
-
-def _fit_test_export(cfg, folder, trainer, module, datamodule, tokenizer, stats, params) -> dict[str, Any]:
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    best = best or None  # None: evaluate the weights in memory
-    started = time.perf_counter()
-    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-              for k, v in results.items()}
-    eval_seconds = time.perf_counter() - started
-
-    metrics = {
-        "run_name": cfg.run_name,
-        "task": cfg.task.name,
-        "model": cfg.model.name,
-        "tuning": cfg.tuning.name,
-        "seed": cfg.seed,
-        "best_checkpoint": best,
-        "val": _split_metrics(val, "val"),
-        **{name: _split_metrics({k: v for k, v in tested.items() if k.startswith(f"{name}/")}, name)
-           for name in datamodule.test_splits},
-        "params": params,
-        "train": {**stats.summary(), "epochs": trainer.current_epoch, "steps": trainer.global_step, "eval_time_s": round(eval_seconds, 2)},
-        "data": {split: len(ds) for split, ds in datamodule.examples.items()},
-        "device": str(trainer.strategy.root_device),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if trainer.is_global_zero:
-
-        atomic_write_dir(folder.model_dir, lambda path: module.save_pretrained(path, tokenizer))
-        folder.write_metrics(metrics)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"final/{k}": v for k, v in metrics["test"].items()}, step=trainer.global_step)
-        log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if "/" not in k))
-        log.info("run folder: %s", folder.path)
-    return metrics
