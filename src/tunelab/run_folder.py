@@ -114,7 +114,6 @@ class RunFolder:
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.json")
     status_file = property(lambda self: self.path / "status.json")
-    checkpoints = property(lambda self: self.path / "checkpoints")
     model_dir = property(lambda self: self.path / "model")
 
     def create(self, cfg: DictConfig) -> None:
@@ -128,9 +127,6 @@ class RunFolder:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write_json(self.metrics, metrics)
-
-    def read_metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics.read_text())
 
     def status(self) -> str | None:
         if not self.status_file.exists():

@@ -54,12 +54,6 @@ class ClassificationDataModule(TaskDataModule):
         self.labels: list[str] | None = [str(x) for x in labels] if labels is not None else None
         self.empty_text = empty_text
 
-    @property
-    def num_labels(self) -> int:
-        if self.labels is None:
-            raise RuntimeError("labels are known after setup()")
-        return len(self.labels)
-
     def module_kwargs(self) -> dict[str, Any]:
         return {"labels": self.labels}
 
