@@ -143,6 +143,11 @@ class TaskModule(L.LightningModule):
         self.log_dict(self.metric_values(metrics), prog_bar=False, add_dataloader_idx=False)
         metrics.reset()
 
+    def on_fit_start(self) -> None:
+        # A validate() before fit() resets metric states inside inference mode; fit validates
+        # under no_grad, where updating such tensors in place fails (MatthewsCorrCoef does).
+        self.val_metrics.reset()
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics(self.val_metrics)
 
