@@ -46,14 +46,10 @@ def predict(
     tokenizer = load_tokenizer({"name_or_path": str(folder.model_dir)})
 
     source = load(path="", data_files={"test": str(data_file)}, encoding=encoding)
-    data_kwargs: dict[str, Any] = {**(columns or {})}
-    label_column = data_kwargs.get("label_column", cfg.task.data.get("label_column"))
-    if label_column and label_column not in source.splits["test"].column_names:
-        data_kwargs["label_column"] = None  # unlabelled: predictions only
-    if "id2label" in info["config_kwargs"]:
-        id2label = info["config_kwargs"]["id2label"]
-        data_kwargs["labels"] = [id2label[i] for i in range(len(id2label))]
     make_datamodule = instantiate(cfg.task.data, _partial_=True, _recursive_=False)
+    data_cfg = {**cfg.task.data, **(columns or {})}
+    data_kwargs = {**(columns or {}), **make_datamodule.func.prediction_kwargs(
+        data_cfg, source.splits["test"].column_names, info)}
     datamodule = make_datamodule(
         tokenizer=tokenizer, source=source, splits={"test": "test"}, max_samples={},
         eval_batch_size=batch_size or cfg.task.data.eval_batch_size, **data_kwargs,
@@ -76,7 +72,7 @@ def predict(
         rows = rows.add_column(name, values)
     rows.to_json(output) if output.suffix in (".json", ".jsonl") else rows.to_csv(output, index=False)
     result: dict[str, Any] = {"predictions": str(output), "rows": len(rows)}
-    if datamodule.label_column:
+    if datamodule.has_targets:
         metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         result["metrics"] = {k.removeprefix("test/"): v for k, v in metrics.items()}
         metrics_path = output.with_suffix(".metrics.json")

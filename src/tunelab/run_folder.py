@@ -7,6 +7,7 @@ Layout::
       environment.json     package versions, git commit, hardware, command line
       status.json          running | completed | failed (+ error), updated atomically
       metrics.json         best validation and test metrics, parameter counts, throughput
+      samples/<set>.jsonl  generation tasks: source, reference and output of each test example
       checkpoints/         best and last Lightning checkpoints
       model/               the tuned model + tokenizer in Hugging Face format
       logs/                logger output (csv / tensorboard / wandb)
@@ -127,6 +128,10 @@ class RunFolder:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write_json(self.metrics, metrics)
+
+    def write_samples(self, name: str, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path / "samples" / f"{name}.jsonl",
+                          "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
     def status(self) -> str | None:
         if not self.status_file.exists():

@@ -145,6 +145,8 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
         }
         if trainer.is_global_zero:
             atomic_write_dir(folder.model_dir, lambda path: module.save_pretrained(path, tokenizer))
+            for name, rows in module.test_samples.items():
+                folder.write_samples(name, rows)
             folder.write_metrics(metrics)
             for logger in trainer.loggers:
                 logger.log_metrics({f"final/{k}": v for k, v in metrics["test"].items()}, step=trainer.global_step)

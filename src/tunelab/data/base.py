@@ -97,6 +97,22 @@ class TaskDataModule(L.LightningDataModule):
     def collate_fn(self) -> Callable:
         raise NotImplementedError
 
+    def featurize(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
+        """Examples -> model features (cached by ``datasets.map``); families that regroup rows
+        (language modelling blocks, QA windows) override this or ``tokenize``."""
+        return ds.map(self.tokenize, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
+
+    @property
+    def has_targets(self) -> bool:
+        """Whether the data carries references (labels, answers, targets), so metrics can be computed."""
+        return True
+
+    @classmethod
+    def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
+        """Datamodule arguments to score a new file with ``columns`` using an exported model
+        (``export`` is its ``tunelab.json``), e.g. no label column when the file has none."""
+        return {}
+
     def module_kwargs(self) -> dict[str, Any]:
         """What the task module needs to know about the data (e.g. the label names)."""
         return {}
@@ -169,9 +185,7 @@ class TaskDataModule(L.LightningDataModule):
             self._carve(splits)
         self.examples = {split: self._subsample(ds, split) for split, ds in splits.items()}
         for split, ds in self.examples.items():
-            self.features[split] = ds.map(
-                self.tokenize, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}"
-            )
+            self.features[split] = self.featurize(ds, split)
             self.lengths[split] = [len(ids) for ids in self.features[split]["input_ids"]]
         log.info("data: %s", ", ".join(f"{s} {len(d)}" for s, d in self.examples.items()))
 

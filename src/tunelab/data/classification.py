@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import datasets
@@ -56,6 +56,21 @@ class ClassificationDataModule(TaskDataModule):
 
     def module_kwargs(self) -> dict[str, Any]:
         return {"labels": self.labels}
+
+    @property
+    def has_targets(self) -> bool:
+        return bool(self.label_column)
+
+    @classmethod
+    def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        label_column = data_cfg.get("label_column")
+        if label_column and label_column not in columns:
+            kwargs["label_column"] = None  # unlabelled: predictions only
+        id2label = export["config_kwargs"].get("id2label")
+        if id2label:
+            kwargs["labels"] = [id2label[i] for i in range(len(id2label))]
+        return kwargs
 
     def _check_columns(self, ds: datasets.Dataset, split: str, where: str) -> None:
         keys = {"text_column": self.text_columns[0]}

@@ -19,6 +19,7 @@ from tunelab.exported import export_info, write_export_info
 from tunelab.models import load_model
 from tunelab.tuning.base import TuningStrategy
 
+META = "meta"  # batch key for what the model does not take: example ids, offsets, reference texts
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
 
 
@@ -28,6 +29,11 @@ def in_row_order(values: list[Any], order: list[int]) -> list[Any]:
     for value, row in zip(values, order, strict=True):
         out[row] = value
     return out
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch without its ``meta`` entry (per-example bookkeeping such as QA offsets or ids)."""
+    return {k: v for k, v in batch.items() if k != META}
 
 
 def _plain(cfg: Any) -> Any:
@@ -92,6 +98,7 @@ class TaskModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.extra_test_metrics = nn.ModuleDict()  # further test sets (test_<name>), made at test time
         self._test_names = ["test"]
+        self.test_samples: dict[str, list[dict[str, Any]]] = {}  # per test set: rows for samples/<set>.jsonl
 
     # --- task hooks ------------------------------------------------------------------------------
     def build_metrics(self) -> MetricCollection:
@@ -104,8 +111,8 @@ class TaskModule(L.LightningModule):
         return {k: v.item() for k, v in metrics.compute().items()}
 
     # --- steps -----------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        return self.model(**batch)
+    def forward(self, batch: dict[str, Any]) -> Any:
+        return self.model(**model_inputs(batch))
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Training objective; strategies such as distillation extend it."""
@@ -131,6 +138,7 @@ class TaskModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         self._test_names = list(getattr(datamodule, "test_splits", None) or ["test"])
+        self.test_samples = {}
         for name in self._test_names[1:]:
             if name not in self.extra_test_metrics:
                 self.extra_test_metrics[name] = self.build_metrics().clone(prefix=f"{name}/").to(self.device)
@@ -154,6 +162,12 @@ class TaskModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         for name in self._test_names:
             self._log_epoch_metrics(self._test_set(name))
+
+    def add_samples(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        """Keep example outputs of a test set (e.g. source, reference, generated text); the run
+        writes them to ``samples/<test set>.jsonl``."""
+        if self.trainer.testing:
+            self.test_samples.setdefault(stage, []).extend(rows)
 
     def predictions_table(self, batches: list[dict[str, torch.Tensor]], order: list[int]) -> dict[str, list]:
         """Columns to write beside the input rows; ``order[i]`` is the row of the i-th prediction."""
