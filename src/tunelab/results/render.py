@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -43,6 +43,20 @@ def _row_label(table: Table, row: tuple[str, ...]) -> list[str]:
     return list(row) or ["all"]
 
 
+def _data_cells(table: Table, row: tuple[str, ...], columns: list[tuple[tuple[str, ...], str]],
+                missing: str, pm: str, bold: Callable[[str], str], count: Callable[[int], str]) -> list[str]:
+    """One row's data cells: ``mean ± std`` (bold when best) followed by the run count."""
+    cells = []
+    for col, metric in columns:
+        cell = table.cell(row, col, metric)
+        if cell is None:
+            cells.append(missing)
+            continue
+        text = mean_std(cell["mean"], cell["std"], table.digits, pm=pm)
+        cells.append((bold(text) if cell["best"] else text) + count(cell["n"]))
+    return cells
+
+
 def markdown_table(table: Table) -> str:
     """The table as GitHub Markdown; best cells in bold."""
     rows, columns = _grid(table)
@@ -53,13 +67,7 @@ def markdown_table(table: Table) -> str:
     ]
     for row in rows:
         cells = [markdown_escape(v) for v in _row_label(table, row)]
-        for col, metric in columns:
-            cell = table.cell(row, col, metric)
-            if cell is None:
-                cells.append("-")
-                continue
-            text = mean_std(cell["mean"], cell["std"], table.digits)
-            cells.append(f"{f'**{text}**' if cell['best'] else text} (n={cell['n']})")
+        cells += _data_cells(table, row, columns, "-", "±", lambda t: f"**{t}**", lambda n: f" (n={n})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -87,15 +95,8 @@ def latex_table(table: Table) -> str:
     lines.append("\\midrule")
     for row in rows:
         cells = [latex_escape(v) for v in _row_label(table, row)]
-        for col, metric in columns:
-            cell = table.cell(row, col, metric)
-            if cell is None:
-                cells.append("--")
-                continue
-            text = mean_std(cell["mean"], cell["std"], table.digits, pm=r"$\pm$")
-            if cell["best"]:
-                text = r"\textbf{" + text + "}"
-            cells.append(text + r" {\scriptsize (n=" + str(cell["n"]) + ")}")
+        cells += _data_cells(table, row, columns, "--", r"$\pm$", lambda t: r"\textbf{" + t + "}",
+                             lambda n: r" {\scriptsize (n=" + str(n) + ")}")
         lines.append(" & ".join(cells) + r" \\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
