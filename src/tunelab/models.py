@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    EncoderDecoderConfig,
+    EncoderDecoderModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from tunelab.errors import ConfigError
 from tunelab.hub import hub_errors
 
+log = logging.getLogger(__name__)
 _FIX = "Point model.name_or_path (and model.tokenizer) at a local copy, e.g. model.name_or_path=/data/{name}."
 
 
@@ -28,8 +40,23 @@ def load_tokenizer(model_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(name, revision=model_cfg.get("revision"))
 
 
+def model_path(name: str) -> str:
+    """``name``, or the merged model beside a PEFT adapter export (``<run>/model/merged``): a tuned
+    model used as the base of a later run (e.g. MLM domain adaptation, then classification)."""
+    folder = Path(name)
+    if not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
+        return name
+    if (folder / "merged" / "config.json").is_file():
+        log.info("%s holds a PEFT adapter: using the merged model in %s/merged", name, name)
+        return str(folder / "merged")
+    raise ConfigError(
+        f"{name} holds only a PEFT adapter, not a full model to start from: export the merged model with "
+        f"tuning.merge_on_export=true in the run that made it, or merge it yourself (peft merge_and_unload)"
+    )
+
+
 def load_config(model_cfg: Mapping[str, Any], **config_kwargs: Any) -> PretrainedConfig:
-    name = model_cfg["name_or_path"]
+    name = model_path(model_cfg["name_or_path"])
     overrides = dict(model_cfg.get("config_overrides") or {})
     with hub_errors("model config", name, _fix(name)):
         return AutoConfig.from_pretrained(name, revision=model_cfg.get("revision"), **overrides, **config_kwargs)
@@ -38,6 +65,13 @@ def load_config(model_cfg: Mapping[str, Any], **config_kwargs: Any) -> Pretraine
 def check_pairing(auto_class: type, config: PretrainedConfig, model_cfg: Mapping[str, Any]) -> None:
     """A clear error when the model has no head of the kind the task needs (e.g. QA on T5)."""
     mapping = getattr(auto_class, "_model_mapping", None)
+    if mapping is not None and type(config) not in mapping and auto_class is AutoModelForSeq2SeqLM:
+        raise ConfigError(
+            f"model '{model_cfg.get('name', model_cfg['name_or_path'])}' ({config.model_type}) is not an "
+            f"encoder-decoder, which this seq2seq task needs: use model=minilm2minilm (a BERT2BERT "
+            f"EncoderDecoderModel warm-started from MiniLM; any encoder works with model.encoder_decoder="
+            f"{{encoder: ..., decoder: ...}}) or a seq2seq model such as model=t5-small, bart-base, marian-en-ro"
+        )
     if mapping is not None and type(config) not in mapping:
         raise ConfigError(
             f"model '{model_cfg.get('name', model_cfg['name_or_path'])}' ({config.model_type}) has no "
@@ -49,13 +83,66 @@ def check_pairing(auto_class: type, config: PretrainedConfig, model_cfg: Mapping
 
 def load_model(auto_class: type, model_cfg: Mapping[str, Any], **config_kwargs: Any) -> PreTrainedModel:
     """Pretrained weights from ``name_or_path``, or random init when ``from_scratch`` is set."""
+    if model_cfg.get("encoder_decoder"):
+        return load_encoder_decoder(auto_class, model_cfg, **config_kwargs)
     config = load_config(model_cfg, **config_kwargs)
     check_pairing(auto_class, config, model_cfg)
     dtype = getattr(torch, model_cfg["dtype"]) if model_cfg.get("dtype") else None
     if model_cfg.get("from_scratch"):
         return auto_class.from_config(config, dtype=dtype)
-    name = model_cfg["name_or_path"]
+    name = model_path(model_cfg["name_or_path"])
     with hub_errors("model", name, _fix(name)):
         return auto_class.from_pretrained(
             name, config=config, revision=model_cfg.get("revision"), dtype=dtype, ignore_mismatched_sizes=True
         )
+
+
+def load_encoder_decoder(auto_class: type, model_cfg: Mapping[str, Any], **config_kwargs: Any) -> PreTrainedModel:
+    """A BERT2BERT-style ``EncoderDecoderModel`` warm-started from two encoder checkpoints
+    (``model.encoder_decoder: {encoder, decoder, tie_encoder_decoder}``; Rothe et al., 2020).
+
+    The decoder gets causal self-attention and new cross-attention layers; generation starts with
+    the tokenizer's [CLS] (or BOS) and stops at [SEP] (or EOS). ``config_overrides`` apply to both
+    sides; ``from_scratch`` builds both from their configs with random weights.
+    """
+    if auto_class is not AutoModelForSeq2SeqLM:
+        raise ConfigError(
+            f"model.encoder_decoder builds a seq2seq EncoderDecoderModel, but this task needs {auto_class.__name__}: "
+            "use a model without encoder_decoder (e.g. model=minilm)"
+        )
+    spec = dict(model_cfg["encoder_decoder"])
+    unknown = set(spec) - {"encoder", "decoder", "tie_encoder_decoder"}
+    if unknown or not spec.get("encoder") or not spec.get("decoder"):
+        raise ConfigError(
+            f"model.encoder_decoder needs 'encoder' and 'decoder' (checkpoint names or paths) and takes "
+            f"'tie_encoder_decoder'; got {sorted(spec)}"
+        )
+    tokenizer = load_tokenizer(model_cfg)
+    overrides = dict(model_cfg.get("config_overrides") or {})
+    side_cfgs = {}
+    for side in ("encoder", "decoder"):
+        with hub_errors(f"{side} config", spec[side], _fix(spec[side])):
+            side_cfgs[side] = AutoConfig.from_pretrained(spec[side], revision=model_cfg.get("revision"), **overrides)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(
+        side_cfgs["encoder"], side_cfgs["decoder"], tie_encoder_decoder=bool(spec.get("tie_encoder_decoder")), **config_kwargs
+    )
+    if model_cfg.get("from_scratch"):
+        model = EncoderDecoderModel(config=config)
+    else:
+        with hub_errors("model", f"{spec['encoder']} + {spec['decoder']}", _fix(spec["encoder"])):
+            model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+                spec["encoder"], spec["decoder"], encoder_config=config.encoder, decoder_config=config.decoder,
+                tie_encoder_decoder=config.tie_encoder_decoder, **config_kwargs,
+            )
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if start is None or end is None or tokenizer.pad_token_id is None:
+        raise ConfigError(
+            f"tokenizer '{tokenizer_name(model_cfg)}' needs [CLS]/[SEP] (or BOS/EOS) and a pad token to start, "
+            "end and pad the decoder's output"
+        )
+    for target in (model.config, model.generation_config):
+        target.decoder_start_token_id, target.eos_token_id, target.pad_token_id = start, end, tokenizer.pad_token_id
+    if dtype := model_cfg.get("dtype"):
+        model = model.to(getattr(torch, dtype))
+    return model

@@ -2,5 +2,8 @@
 
 from tunelab.data.base import TaskDataModule
 from tunelab.data.classification import ClassificationDataModule, RegressionDataModule
+from tunelab.data.lm import LanguageModelingDataModule
+from tunelab.data.qa import QuestionAnsweringDataModule
+from tunelab.data.seq2seq import Seq2SeqDataModule
 
-__all__ = ["ClassificationDataModule", "RegressionDataModule", "TaskDataModule"]
+__all__ = ["ClassificationDataModule", "LanguageModelingDataModule", "QuestionAnsweringDataModule", "RegressionDataModule", "Seq2SeqDataModule", "TaskDataModule"]

@@ -17,8 +17,8 @@ import datasets
 from tunelab.errors import DataError, unwrap
 from tunelab.hub import hub_errors
 
-FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-TEXT_BUILDERS = {"csv", "json"}
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+TEXT_BUILDERS = {"csv", "json", "text"}  # "text": one row per line, in a `text` column
 
 
 @dataclass
@@ -84,12 +84,14 @@ def load(
                     raise DataError(f"data file for split '{split}' not found: {p} (task.data.source.data_files.{split})")
         builder = path if path in FILE_BUILDERS.values() else FILE_BUILDERS.get(Path(files[next(iter(files))][0]).suffix)
         if builder is None:
-            raise DataError(f"cannot tell the format of {files}: set task.data.source.path to csv, json or parquet")
+            raise DataError(f"cannot tell the format of {files}: set task.data.source.path to csv, json, parquet or text")
         if builder in TEXT_BUILDERS:
             for paths in files.values():
                 for p in paths:
                     check_decodable(Path(p), encoding)
             kwargs["encoding"] = encoding
+        if builder == "text":
+            kwargs.setdefault("keep_linebreaks", True)  # as run_clm.py: newlines are part of the text
         if builder == "csv" and any(p.endswith(".tsv") for ps in files.values() for p in ps):
             kwargs.setdefault("delimiter", "\t")
         try:

@@ -2,6 +2,9 @@
 
 from tunelab.tasks.base import TaskModule
 from tunelab.tasks.classification import SequenceClassificationModule
+from tunelab.tasks.lm import CausalLMModule, LanguageModelModule, MaskedLMModule
+from tunelab.tasks.qa import QuestionAnsweringModule
 from tunelab.tasks.regression import SequenceRegressionModule
+from tunelab.tasks.seq2seq import Seq2SeqModule
 
-__all__ = ["SequenceClassificationModule", "SequenceRegressionModule", "TaskModule"]
+__all__ = ["CausalLMModule", "LanguageModelModule", "MaskedLMModule", "QuestionAnsweringModule", "Seq2SeqModule", "SequenceClassificationModule", "SequenceRegressionModule", "TaskModule"]

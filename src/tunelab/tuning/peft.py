@@ -70,6 +70,10 @@ class Peft(TuningStrategy):
         if getattr(config, "target_modules", False) is None and model_type not in LORA_TARGETS:
             for key, value in extra.items():
                 setattr(config, key, value)
+        if model_type == "encoder-decoder" and type(config).__name__ == "LoraConfig" and config.target_modules is None:
+            # BERT2BERT: peft has no table for the wrapper; its encoder's names also match the decoder's
+            # self- and cross-attention projections
+            config.target_modules = LORA_TARGETS.get(model.config.encoder.model_type)
         if config.is_prompt_learning:
             for key, attr in PROMPT_SIZES.items():
                 if getattr(config, key, None) is None and hasattr(model.config, attr):

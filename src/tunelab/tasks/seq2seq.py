@@ -1,0 +1,92 @@
+"""Sequence-to-sequence generation (summarization, translation) with ``AutoModelForSeq2SeqLM``.
+
+Training minimises the token cross-entropy of the reference; validation and test also generate
+with the configured settings (``generation``: beams, max new tokens, length penalty, ...),
+decode, and score the text with the task's metrics (ROUGE, SacreBLEU, chrF).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torchmetrics import MetricCollection
+from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
+
+from tunelab.data.seq2seq import REFERENCE, SOURCE
+from tunelab.metrics.seq2seq import generation_metric_values, generation_metrics, update_generation_metrics
+from tunelab.tasks.base import META, TaskModule, in_row_order, model_inputs
+
+
+class Seq2SeqModule(TaskModule):
+    """An encoder-decoder that generates a target text from a source text.
+
+    Args:
+        tokenizer: decodes generated ids (given by the datamodule; not saved in hyperparameters).
+        metrics: names from ``tunelab.metrics.seq2seq.GENERATION_METRICS``.
+        rouge_keys: ROUGE variants to report (``rougeLsum`` needs nltk's punkt data).
+        generation: ``model.generate`` arguments, e.g. ``{num_beams: 4, max_new_tokens: 64}``.
+        data_generation: generation arguments the data implies (the target-language token).
+        save_samples: test rows written to ``samples/<test set>.jsonl`` (``None``: all).
+    """
+
+    auto_model_class = AutoModelForSeq2SeqLM
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        model: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        metrics: Sequence[str] = ("rouge",),
+        rouge_keys: Sequence[str] = ("rouge1", "rouge2", "rougeL"),
+        generation: Mapping[str, Any] | None = None,
+        data_generation: Mapping[str, Any] | None = None,
+        save_samples: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(model=model, optimizer=optimizer, **kwargs)
+        self.tokenizer = tokenizer
+        self.metric_names = list(metrics)
+        self.rouge_keys = list(rouge_keys)
+        self.generation = {**(generation or {}), **(data_generation or {})}
+        self.save_samples = save_samples
+        self.save_hyperparameters(ignore=["tokenizer"], logger=False)
+        self._stage = "val"
+        self.build()
+
+    def build_metrics(self) -> MetricCollection:
+        return generation_metrics(self.metric_names, self.rouge_keys)
+
+    def metric_values(self, metrics: MetricCollection) -> dict[str, float]:
+        return generation_metric_values(metrics.compute())
+
+    @torch.no_grad()
+    def generate(self, batch: Mapping[str, Any]) -> tuple[list[str], torch.Tensor]:
+        """Generated texts and their lengths in tokens (without padding and special tokens)."""
+        inputs = {k: v for k, v in model_inputs(batch).items() if k not in ("labels", "decoder_input_ids")}
+        ids = self.model.generate(**inputs, **self.generation)
+        special = torch.tensor(self.tokenizer.all_special_ids, device=ids.device)
+        lengths = (~torch.isin(ids, special)).sum(-1)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True), lengths
+
+    def _eval_step(self, batch: dict[str, Any], metrics: MetricCollection, stage: str) -> None:
+        self._stage = stage  # for the test samples kept by update_metrics
+        super()._eval_step(batch, metrics, stage)
+
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any]) -> None:
+        predictions, lengths = self.generate(batch)
+        meta = batch[META]
+        update_generation_metrics(metrics, predictions, meta[REFERENCE], lengths)
+        kept = len(self.test_samples.get(self._stage, []))
+        room = len(predictions) if self.save_samples is None else max(0, self.save_samples - kept)
+        self.add_samples(self._stage, [
+            {"source": s, "reference": r, "output": p}
+            for s, r, p in list(zip(meta[SOURCE], meta[REFERENCE], predictions, strict=True))[:room]
+        ])
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, list[str]]:
+        return {"prediction": self.generate(batch)[0]}
+
+    def predictions_table(self, batches: list[dict[str, Any]], order: list[int]) -> dict[str, list]:
+        return {"prediction": in_row_order([text for b in batches for text in b["prediction"]], order)}
