@@ -117,11 +117,12 @@ class RunFolder:
     status_file = property(lambda self: self.path / "status.json")
     model_dir = property(lambda self: self.path / "model")
 
-    def create(self, cfg: DictConfig) -> None:
+    def create(self, cfg: DictConfig, resumed_from: str | None = None) -> None:
+        """Write config, environment and ``running`` status (a resumed run's attempt overwrites them)."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config, OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_json(self.path / "environment.json", environment())
-        self.set_status("running")
+        self.set_status("running", **({"resumed_from": resumed_from} if resumed_from else {}))
 
     def set_status(self, status: str, **extra: Any) -> None:
         atomic_write_json(self.status_file, {"status": status, "updated": _now(), **extra})

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import signal
 import time
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.callbacks import AtomicCheckpointIO, TrainStats, progress_callbacks
 from tunelab.data.base import TaskDataModule
-from tunelab.errors import unwrapped_errors
+from tunelab.distributed import build_strategy, check_strategy, preflight, rank_info
+from tunelab.errors import ConfigError, unwrapped_errors
 from tunelab.hub import check_hub
+from tunelab.identity import read_completed, resume_checkpoint
 from tunelab.io import atomic_write_dir
 from tunelab.models import load_tokenizer
+from tunelab.requeue import Requeued, ResumeCallback, slurm_managed
 from tunelab.run_folder import RunFolder
 from tunelab.tasks.base import TaskModule
 
@@ -61,17 +67,28 @@ def build_module(cfg: DictConfig, datamodule: TaskDataModule, **overrides: Any) 
         )
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[L.Callback]) -> L.Trainer:
-    """The Lightning Trainer from ``trainer/``, ``callbacks/`` and ``logger/`` configs."""
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], module: TaskModule | None = None) -> L.Trainer:
+    """The Lightning Trainer from ``trainer/``, ``callbacks/`` and ``logger/`` configs; an FSDP
+    strategy wraps ``module``'s transformer blocks (see ``tunelab.distributed.build_strategy``)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + callbacks
     progress, show_bar = progress_callbacks(cfg.progress, cfg.trainer.get("log_every_n_steps") or 50)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    strategy = cfg.trainer.get("strategy", "auto")
+    if module is not None:
+        strategy = build_strategy(strategy, module.model)
+    # Requeue on SIGUSR1 at a batch boundary (tunelab.requeue), not inside Lightning's signal handler.
+    slurm = slurm_managed()
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if slurm:
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    resume = ResumeCallback(requeue_signal=signal.SIGUSR1 if slurm else None)
     return instantiate(
         cfg.trainer,
-        callbacks=callbacks + progress,
+        strategy=strategy,
+        callbacks=[*callbacks, resume, *progress],
         logger=loggers or False,
         enable_progress_bar=show_bar,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         default_root_dir=cfg.paths.output_dir,
     )
 
@@ -80,23 +97,59 @@ def _split_metrics(results: dict[str, float], prefix: str) -> dict[str, float]:
     return {k.removeprefix(f"{prefix}/"): v for k, v in results.items()}
 
 
+def resume_from(cfg: DictConfig, folder: RunFolder) -> str | None:
+    """The checkpoint to start from: ``ckpt_path``, else (``resume=auto|must``) the run folder's newest."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    resume = cfg.get("resume", "auto")
+    found = resume_checkpoint(folder.path) if resume != "never" else None
+    if found is None and resume == "must":
+        raise ConfigError(f"resume=must, but {folder.path} has no checkpoint (checkpoints/last.ckpt or hpc_ckpt_*.ckpt); "
+                          "check run_id and paths.root_dir, or use resume=auto")
+    return str(found) if found else None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Fine-tune, evaluate the best checkpoint, export; returns what ``metrics.json`` holds."""
+    """Fine-tune, evaluate the best checkpoint, export; returns what ``metrics.json`` holds.
+
+    The run folder follows from the config (``run_id``): with ``resume=auto`` a run that completed
+    there is not trained again, and an unfinished one resumes from its newest checkpoint.
+    """
     folder = RunFolder(cfg.paths.output_dir)
+    check_strategy(cfg.trainer)
+    for warning in preflight(cfg.trainer):
+        if rank_zero_only.rank == 0:
+            log.warning("Slurm preflight: %s", warning)
+    done = read_completed(folder.path) if cfg.get("resume", "auto") != "never" else None
+    if done is not None:
+        if rank_zero_only.rank == 0:
+            log.info("run %s already completed: not training it again (its metrics.json is the result). "
+                     "resume=never trains it afresh in a new folder.", folder.path)
+        return done
+    ckpt_path = resume_from(cfg, folder)
+    if ckpt_path and rank_zero_only.rank == 0:
+        log.info("resuming %s from %s", folder.path, ckpt_path)
     if rank_zero_only.rank == 0:
-        folder.create(cfg)
+        folder.create(cfg, resumed_from=ckpt_path)
     try:
-        metrics = _fit_and_test(cfg, folder)
+        metrics = _fit_and_test(cfg, folder, ckpt_path)
+    except Requeued as requeued:
+        if rank_zero_only.rank == 0:
+            log.info("%s", requeued)
+            folder.set_status("requeued", reason=requeued.message)
+        raise
     except BaseException as err:
         if rank_zero_only.rank == 0:
             folder.set_status("failed", error=f"{type(err).__name__}: {err}")
         raise
     if rank_zero_only.rank == 0:
+        for hpc in folder.path.glob("hpc_ckpt_*.ckpt"):  # requeue checkpoints: last.ckpt supersedes them
+            shutil.rmtree(hpc) if hpc.is_dir() else hpc.unlink()  # sharded (FSDP) checkpoints are folders
         folder.set_status("completed")
     return metrics
 
 
-def _fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
+def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = None) -> dict[str, Any]:
     check_hub()
     L.seed_everything(cfg.seed, workers=True)
 
@@ -110,13 +163,13 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
     )
 
     stats = TrainStats()
-    trainer = build_trainer(cfg, [stats])
+    trainer = build_trainer(cfg, [stats], module)
     for logger in trainer.loggers:
         logger.log_hyperparams({**flat_config(cfg), "run_dir": str(folder.path), **{f"params/{k}": v for k, v in params.items()}})
 
     succeeded = False
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         best = best or None  # None: evaluate the weights in memory
@@ -125,6 +178,7 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
         tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
                   for k, v in results.items()}
         eval_seconds = time.perf_counter() - started
+        ranks = rank_info(stats.samples)  # a collective: every rank calls it
 
         metrics = {
             "run_name": cfg.run_name,
@@ -141,6 +195,8 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
                       "eval_time_s": round(eval_seconds, 2)},
             "data": {split: len(ds) for split, ds in datamodule.examples.items()},
             "device": str(trainer.strategy.root_device),
+            "distributed": {"world_size": trainer.world_size, "num_nodes": trainer.num_nodes,
+                            "strategy": type(trainer.strategy).__name__, "ranks": ranks},
             "torch_threads": torch.get_num_threads(),
         }
         if trainer.is_global_zero:

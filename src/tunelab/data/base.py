@@ -7,24 +7,57 @@ Families subclass it and implement ``validate`` and ``tokenize``.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import datasets
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.data.sampling import EpochLengthGroupedSampler, sorted_by_length
+from tunelab.data.sampling import (
+    DistributedEvalSampler,
+    DistributedLengthGroupedSampler,
+    EpochLengthGroupedSampler,
+    sorted_by_length,
+)
 from tunelab.data.sources import Source
 from tunelab.errors import ConfigError, DataError, unwrap
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader that Lightning can resume mid-epoch (it is ``_Stateful``).
+
+    Its state is the number of batches of the current epoch that training completed, read from the
+    trainer's loop by ``completed_batches`` when a checkpoint is saved (also the one Slurm's requeue
+    signal triggers); after ``load_state_dict`` the next epoch's iteration skips that many batches, so a
+    resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, *args: Any, completed_batches: Callable[[], int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.completed_batches = completed_batches
+        self._skip = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"completed_batches": self.completed_batches() if self.completed_batches else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        completed = int(state.get("completed_batches", 0))
+        self._skip = completed if completed < len(self) else 0  # a finished epoch: start the next one
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        batches = super().__iter__()
+        return itertools.islice(batches, skip, None) if skip else batches
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -190,8 +223,9 @@ class TaskDataModule(L.LightningDataModule):
         log.info("data: %s", ", ".join(f"{s} {len(d)}" for s, d in self.examples.items()))
 
     # --- batches --------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, sampler: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(self, split: str, batch_size: int, sampler: Any, cls: type[DataLoader] = DataLoader,
+                **kwargs: Any) -> DataLoader:
+        return cls(
             self.features[split],
             batch_size=batch_size,
             sampler=sampler,
@@ -199,20 +233,47 @@ class TaskDataModule(L.LightningDataModule):
             collate_fn=self.collate_fn(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            **kwargs,
         )
 
+    def _ranks(self) -> tuple[int, int]:
+        """(world size, global rank) of the trainer this datamodule serves; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _completed_batches(self) -> int:
+        # Batches of this epoch whose training step is done: ``processed`` (``completed`` lags by one in
+        # ``on_train_batch_end``, where ModelCheckpoint(every_n_train_steps) saves; equal elsewhere).
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def train_dataloader(self) -> DataLoader:
+        world, rank = self._ranks()
         sampler = None
-        if self.group_by_length:
+        if self.group_by_length and world > 1:
+            sampler = DistributedLengthGroupedSampler(self.batch_size, self.lengths["train"], world, rank, seed=self.seed)
+        elif self.group_by_length:
             sampler = EpochLengthGroupedSampler(self.batch_size, self.lengths["train"], seed=self.seed)
-        return self._loader("train", self.batch_size, sampler)
+        else:  # a shuffle reproducible per (seed, epoch), so a mid-epoch resume skips the right batches
+            sampler = DistributedSampler(range(len(self.features["train"])), num_replicas=world, rank=rank,
+                                         shuffle=True, seed=self.seed)
+        completed = self._completed_batches if getattr(self, "trainer", None) is not None else None
+        return self._loader("train", self.batch_size, sampler, ResumableDataLoader, completed_batches=completed)
 
     def eval_order(self, split: str) -> list[int]:
         """Row order of the eval loaders (longest first), to map predictions back to rows."""
         return sorted_by_length(self.lengths[split])
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        """Longest first; across ranks, each example exactly once (no padding), so metrics synced
+        across ranks equal those of one process."""
+        world, rank = self._ranks()
+        order: Any = self.eval_order(split)
+        if world > 1:
+            order = DistributedEvalSampler(order, world, rank)
+        return self._loader(split, self.eval_batch_size, order)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", self.eval_batch_size, self.eval_order("validation"))
+        return self._eval_loader("validation")
 
     @property
     def test_splits(self) -> list[str]:
@@ -220,7 +281,7 @@ class TaskDataModule(L.LightningDataModule):
         return [s for s in self.features if s == "test" or s.startswith("test_")]
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        loaders = [self._loader(s, self.eval_batch_size, self.eval_order(s)) for s in self.test_splits]
+        loaders = [self._eval_loader(s) for s in self.test_splits]
         return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self) -> DataLoader:

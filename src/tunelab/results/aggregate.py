@@ -13,7 +13,7 @@ import pandas as pd
 from tunelab.results.records import COMPLETED, Record, ResultsError
 
 # Keys that differ between runs by nature, not by design; ``seed`` is what a group averages over.
-IGNORED_KEYS = frozenset({"seed", "run_dir", "ckpt_path", "progress"})
+IGNORED_KEYS = frozenset({"seed", "run_dir", "ckpt_path", "progress", "run_id", "resume", "logger.wandb.id"})
 IGNORED_PREFIXES = ("paths.",)
 # Names made of other keys (``run_name: ${task.name}-${model.name}-${tuning.name}``): the first keys
 # left out of the default rows when the other keys tell the groups apart.

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from tunelab.errors import ConfigError
@@ -99,6 +99,7 @@ class TaskModule(L.LightningModule):
         self.extra_test_metrics = nn.ModuleDict()  # further test sets (test_<name>), made at test time
         self._test_names = ["test"]
         self.test_samples: dict[str, list[dict[str, Any]]] = {}  # per test set: rows for samples/<set>.jsonl
+        self.eval_losses = nn.ModuleDict()  # per stage (val, test, test_<name>): the mean loss over examples
 
     # --- task hooks ------------------------------------------------------------------------------
     def build_metrics(self) -> MetricCollection:
@@ -125,8 +126,14 @@ class TaskModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
         outputs = self(batch)
-        self.log(f"{stage}/loss", outputs.loss, on_epoch=True, sync_dist=True, batch_size=len(batch["input_ids"]),
-                 add_dataloader_idx=False)
+        # A metric, not a tensor: across ranks, the mean over all examples (sync_dist would average the
+        # ranks' means, which differs when ranks hold different numbers of examples).
+        if stage not in self.eval_losses:
+            self.eval_losses[stage] = MeanMetric().to(self.device)
+        size = len(batch["input_ids"])
+        self.eval_losses[stage].update(outputs.loss.detach(), weight=size)
+        self.log(f"{stage}/loss", self.eval_losses[stage], on_epoch=True, batch_size=size, add_dataloader_idx=False,
+                 metric_attribute=f"eval_losses.{stage}")
         self.update_metrics(metrics, outputs, batch)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -155,6 +162,8 @@ class TaskModule(L.LightningModule):
         # A validate() before fit() resets metric states inside inference mode; fit validates
         # under no_grad, where updating such tensors in place fails (MatthewsCorrCoef does).
         self.val_metrics.reset()
+        for loss in self.eval_losses.values():
+            loss.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics(self.val_metrics)

@@ -1,0 +1,173 @@
+"""Multi-process runs: the Slurm preflight check and the FSDP strategy built for the model at hand.
+
+Lightning does the distributed work (``SLURMEnvironment`` reads ranks from Slurm, DDP/FSDP; the requeue on
+SIGUSR1 is ``tunelab.requeue``); this module checks before training that the Slurm job is laid out the way the trainer
+config expects, because a mismatch (``srun`` missing, tasks per node != devices) hangs or fails late.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from tunelab.errors import ConfigError
+from tunelab.tuning.parts import find_blocks
+
+log = logging.getLogger(__name__)
+
+MIN_SIGNAL_LEAD_S = 30  # seconds a checkpoint of a large model may need before Slurm kills the job
+
+
+def _tasks_per_node(env: Mapping[str, str]) -> int | None:
+    """Tasks per node of this step: ``SLURM_STEP_TASKS_PER_NODE`` ('2(x2)'), else ``SLURM_NTASKS_PER_NODE``."""
+    value = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE")
+    if not value:
+        return None
+    counts = {int(m) for m in re.findall(r"(\d+)(?:\(x\d+\))?", value)}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def batch_script(job_id: str) -> str | None:
+    """The job's batch script (``scontrol write batch_script``), or ``None`` where it cannot be read."""
+    try:
+        proc = subprocess.run(["scontrol", "write", "batch_script", job_id, "-"], capture_output=True, text=True,
+                              timeout=15, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def signal_problems(env: Mapping[str, str], script: str | None) -> list[str]:
+    """Why Lightning's auto-requeue would not get the chance to checkpoint (empty list: it will)."""
+    specs = re.findall(r"^#SBATCH\s+--signal[=\s]+(\S+)", script or "", flags=re.MULTILINE)
+    spec = env.get("SBATCH_SIGNAL") or (specs[-1] if specs else None)
+    wanted = signal.Signals.SIGUSR1.name.removeprefix("SIG")
+    if spec is None:
+        if script is None:
+            return []  # cannot tell (e.g. --signal given on the sbatch command line and the script unreadable)
+        return ["no signal before the time limit or preemption: add `#SBATCH --signal=SIGUSR1@90` so that Lightning "
+                "saves a checkpoint and requeues the job (and `#SBATCH --requeue`)"]
+    match = re.fullmatch(r"(?:(R|B|RB|BR):)?(?:SIG)?(\w+?)(?:@(\d+))?", spec.strip())
+    if not match:
+        return [f"cannot read `--signal={spec}`; use `#SBATCH --signal=SIGUSR1@90`"]
+    flags, name, lead = match.group(1) or "", match.group(2).upper(), match.group(3)
+    problems = []
+    if "B" in flags:
+        problems.append(f"`--signal={spec}` signals only the batch shell, not the training processes that srun "
+                        "starts: drop the `B:` (`#SBATCH --signal=SIGUSR1@90`)")
+    if name not in (wanted, str(int(signal.SIGUSR1))):
+        problems.append(f"`--signal={spec}` sends SIG{name}, but Lightning requeues on SIGUSR1: use "
+                        "`#SBATCH --signal=SIGUSR1@90`")
+    if lead is not None and int(lead) < MIN_SIGNAL_LEAD_S:
+        problems.append(f"`--signal={spec}` leaves {lead} s to save a checkpoint; give at least "
+                        f"{MIN_SIGNAL_LEAD_S} s (`#SBATCH --signal=SIGUSR1@90`)")
+    return problems
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None  # "auto", -1 and lists: Lightning decides
+
+
+def preflight(trainer_cfg: Mapping[str, Any], env: Mapping[str, str] | None = None,
+              script: str | None = None) -> list[str]:
+    """Check a run under Slurm before it starts; returns warnings, raises ``ConfigError`` for layouts
+    that would hang or fail (each problem names the sbatch line or config key to change).
+
+    Checks: launched through ``srun``; tasks per node == ``trainer.devices``; nodes ==
+    ``trainer.num_nodes``; a ``--signal`` that reaches the training processes early enough
+    (warning); ``--requeue`` (warning). Outside Slurm, or in an interactive allocation (job name
+    ``bash``/``interactive``, which Lightning also leaves alone), nothing is checked.
+    """
+    env = os.environ if env is None else env
+    job_id = env.get("SLURM_JOB_ID")
+    if not job_id or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return []
+    devices, nodes = _as_int(trainer_cfg.get("devices")), _as_int(trainer_cfg.get("num_nodes", 1))
+    errors = []
+    if "SLURM_STEP_ID" not in env:
+        errors.append("not launched through srun: start training with `srun python train.py ...` in the sbatch "
+                      "script, so that Slurm starts one task per device on every node (see slurm/train.sbatch)")
+    else:
+        per_node = _tasks_per_node(env)
+        step_nodes = _as_int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES"))
+        ntasks = _as_int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")) or 1
+        if per_node is None and ntasks > 1:
+            errors.append(f"Slurm runs {ntasks} tasks unevenly over the nodes (`--ntasks` without "
+                          "`--ntasks-per-node`): use `#SBATCH --ntasks-per-node=<devices per node>`")
+        elif devices is not None and per_node is not None and per_node != devices:
+            errors.append(f"trainer.devices={devices} but Slurm starts {per_node} task(s) per node: set "
+                          f"`#SBATCH --ntasks-per-node={devices}` (one task per device), or trainer.devices={per_node}")
+        if nodes is not None and step_nodes is not None and step_nodes != nodes:
+            errors.append(f"trainer.num_nodes={nodes} but the job runs on {step_nodes} node(s): set "
+                          f"`#SBATCH --nodes={nodes}`, or trainer.num_nodes={step_nodes}")
+    if errors:
+        raise ConfigError("Slurm job and trainer config disagree (the run would hang or fail):\n  - "
+                          + "\n  - ".join(errors))
+    script = script if script is not None else batch_script(job_id)
+    warnings = signal_problems(env, script)
+    if script is not None and not re.search(r"^#SBATCH\s+--requeue\b", script, flags=re.MULTILINE) \
+            and "SBATCH_REQUEUE" not in env:
+        warnings.append("the job is not requeueable: add `#SBATCH --requeue`, or Lightning's `scontrol requeue` "
+                        "on SIGUSR1 fails and a preempted run stops")
+    return warnings
+
+
+def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
+    """Stop at start-up on a strategy this stack cannot run: Lightning 2.6's ``FSDPStrategy`` needs CUDA
+    devices (it refuses ``accelerator=cpu`` and ``auto``), so FSDP on CPU processes (gloo) is not possible."""
+    strategy = trainer_cfg.get("strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, Mapping) else str(strategy or "")
+    if "fsdp" not in target.lower():
+        return
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator not in ("gpu", "cuda"):
+        raise ConfigError(
+            f"trainer=fsdp needs GPUs (CUDA, NCCL): Lightning's FSDPStrategy does not run on CPU processes (gloo), "
+            f"and trainer.accelerator={accelerator}. Use trainer.accelerator=gpu on a GPU machine, or trainer=ddp "
+            "on CPUs (sbatch --gpus-per-node=0)")
+
+
+def build_strategy(strategy_cfg: Any, model: nn.Module) -> Any:
+    """The trainer's ``strategy``: a name as it is, or an instantiated strategy config.
+
+    For FSDP, ``auto_wrap_policy: blocks`` and ``activation_checkpointing_policy: blocks`` become the set
+    of the model's transformer block classes (found by ``tunelab.tuning.parts.find_blocks``; set
+    ``tuning.blocks`` where auto-detection fails), so each block is one FSDP unit.
+    """
+    if not isinstance(strategy_cfg, (DictConfig, dict)) or "_target_" not in strategy_cfg:
+        return strategy_cfg
+    kwargs = OmegaConf.to_container(strategy_cfg, resolve=True) if isinstance(strategy_cfg, DictConfig) else dict(strategy_cfg)
+    for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
+        if kwargs.get(key) == "blocks":
+            kwargs[key] = {type(block) for _, block in find_blocks(model)}
+            log.info("FSDP %s: %s", key, ", ".join(sorted(c.__name__ for c in kwargs[key])))
+    return get_class(kwargs.pop("_target_"))(**kwargs)
+
+
+def rank_info(train_samples: int) -> list[dict[str, Any]]:
+    """Who took part: one entry per rank (rank, node, pid, training samples it saw), gathered to
+    every rank; a single entry outside a process group."""
+    import socket
+
+    import torch.distributed as dist
+
+    me = {"rank": dist.get_rank() if dist.is_initialized() else 0,
+          "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+          "pid": os.getpid(), "train_samples": train_samples}
+    if not (dist.is_available() and dist.is_initialized()):
+        return [me]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, me)
+    return everyone

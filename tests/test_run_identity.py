@@ -1,0 +1,122 @@
+"""Run identity and resume: the folder follows from the config; an interrupted run resumes from its newest
+checkpoint (also mid-epoch) to the same result; a completed run is not trained again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoConfig
+
+from tests.conftest import tiny_overrides
+from tests.helpers import compose_train
+from tunelab import train
+from tunelab.errors import ConfigError
+from tunelab.identity import resume_checkpoint, run_folder
+from tunelab.requeue import Requeued, ResumeCallback
+from tunelab.train import run
+
+
+class CrashAt(L.Callback):
+    """Dies (a node failure) at the end of training step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("node failure")
+
+
+class SignalAt(L.Callback):
+    """Sends this process the Slurm requeue signal in the middle of training step ``step`` (after the
+    backward pass, before the optimizer step), as Slurm does at an arbitrary moment."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_run_id_is_a_hash_of_what_is_trained(tmp_path: Path) -> None:
+    base = compose_train(tmp_path, "seed=1")
+    assert base.run_id == compose_train(tmp_path / "elsewhere", "seed=1", "logger=none", "progress=plain",
+                                        "paths.root_dir=/data/runs", "tags=[x]", "resume=must").run_id
+    assert base.run_id != compose_train(tmp_path, "seed=2").run_id
+    assert base.run_id != compose_train(tmp_path, "seed=1", "optimizer.lr=1e-3").run_id
+    assert compose_train(tmp_path, "run_id=my-run").run_id == "my-run"
+    assert run_folder("abc", "auto") == "abc" and run_folder("abc", "never").startswith("abc-")
+    with pytest.raises(ConfigError, match="resume must be one of"):
+        run_folder("abc", "sometimes")
+
+
+def test_completed_run_is_not_trained_again(finished_run: tuple[Path, dict], tiny_bert: Path,
+                                            learnable_csv: Path) -> None:
+    out, metrics = finished_run
+    status = (out / "status.json").read_text()
+    again = run(compose_train(out, *tiny_overrides(tiny_bert, learnable_csv)))
+    assert again["test"] == pytest.approx(metrics["test"]) and (out / "status.json").read_text() == status
+
+
+def test_requeued_and_crashed_run_resumes_to_the_same_weights(finished_run: tuple[Path, dict], tiny_bert: Path,
+                                                              learnable_csv: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run requeued mid-epoch (signal in the middle of a step), then killed after an epoch end, then
+    resumed: its final weights and metrics are those of the uninterrupted run (same batches, same
+    dropout masks, same LR schedule)."""
+    finished, uninterrupted = finished_run
+    assert AutoConfig.from_pretrained(tiny_bert).hidden_dropout_prob > 0  # random masks: RNG states matter
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_bert, learnable_csv)  # 30 steps per epoch, 6 epochs
+    with pytest.raises(ConfigError, match="has no checkpoint"):
+        run(compose_train(out, *overrides, "resume=must"))
+
+    # Attempt 1: the requeue signal arrives during step 41 (epoch 1); the checkpoint is taken at the next batch start.
+    with monkeypatch.context() as patch:  # as under Slurm: the callback handles SIGUSR1 (no scontrol outside a job)
+        patch.setattr(train, "ResumeCallback", lambda requeue_signal: ResumeCallback(signal.SIGUSR1))
+        with pytest.raises(Requeued, match=r"hpc_ckpt_1\.ckpt at step 41"):
+            run(compose_train(out, *overrides, "+callbacks.signal._target_=tests.test_run_identity.SignalAt",
+                              "+callbacks.signal.step=40"))
+    assert json.loads((out / "status.json").read_text())["status"] == "requeued"
+    hpc = torch.load(out / "hpc_ckpt_1.ckpt", weights_only=False)
+    assert hpc["global_step"] == 41 and hpc["epoch"] == 1  # mid-epoch
+    assert len(hpc["callbacks"]["ResumeCallback"]["rng_states"]) == 1
+
+    # Attempt 2 resumes it and dies at step 70, after epoch 1 saved last.ckpt (step 60).
+    with pytest.raises(RuntimeError, match="node failure"):
+        run(compose_train(out, *overrides, "resume=must", "+callbacks.crash._target_=tests.test_run_identity.CrashAt",
+                          "+callbacks.crash.step=70"))
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"
+
+    resumed = run(compose_train(out, *overrides))  # resume=auto: the newest checkpoint, last.ckpt of epoch 1
+    assert resumed["train"]["steps"] == uninterrupted["train"]["steps"]
+    final = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    expected = torch.load(finished / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert final.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert resumed["val"] == pytest.approx(uninterrupted["val"], rel=1e-5)
+    assert resumed["test"] == pytest.approx(uninterrupted["test"], rel=1e-5)
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    assert not list(out.glob("hpc_ckpt_*.ckpt"))
+
+
+def test_resume_finds_the_newest_checkpoint_file_or_sharded_folder(tmp_path: Path) -> None:
+    assert resume_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    assert resume_checkpoint(tmp_path) == last
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # FSDP state_dict_type=sharded: a folder of per-rank shards
+    hpc.mkdir()
+    assert resume_checkpoint(tmp_path) == last  # an empty folder is no checkpoint
+    (hpc / "__0_0.distcp").write_bytes(b"x")
+    os.utime(last, ns=(1, 1))
+    assert resume_checkpoint(tmp_path) == hpc
