@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import tiny_overrides
@@ -25,3 +26,21 @@ def test_wandb_offline_run_holds_config_and_run_folder(tiny_bert: Path, learnabl
     for expected in ("run_dir", str(out), "task.data.source.path", "optimizer.lr", "csv-tiny-test-full", "t1",
                      "final/accuracy", "val/macro_f1", "train/loss_step"):
         assert expected.encode() in data, expected
+
+
+def test_csv_log_continues_across_attempts(tmp_path: Path) -> None:
+    """A resumed run keeps the rows of earlier attempts up to the step it resumes from."""
+    from tunelab.loggers import ResumableCSVLogger
+
+    first = ResumableCSVLogger(tmp_path, name="logs", version="")
+    for step in range(10):
+        first.log_metrics({"train/loss": 10.0 - step}, step=step)
+    first.save()
+    second = ResumableCSVLogger(tmp_path, name="logs", version="")  # resumed from the checkpoint of step 6
+    for step in range(6, 12):
+        second.log_metrics({"train/loss": 100.0 + step, "val/acc": 0.5}, step=step)
+    second.save()
+    frame = pd.read_csv(tmp_path / "logs" / "metrics.csv")
+    assert frame["step"].tolist() == list(range(12))
+    assert frame["train/loss"].tolist() == [10.0 - s for s in range(6)] + [100.0 + s for s in range(6, 12)]
+    assert frame["val/acc"].isna().sum() == 6

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoConfig
@@ -106,6 +107,15 @@ def test_requeued_and_crashed_run_resumes_to_the_same_weights(finished_run: tupl
     assert resumed["test"] == pytest.approx(uninterrupted["test"], rel=1e-5)
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
     assert not list(out.glob("hpc_ckpt_*.ckpt"))
+    # The training log spans all three attempts: each step once, with the uninterrupted run's losses.
+    assert _step_losses(out) == pytest.approx(_step_losses(finished), rel=1e-4)
+
+
+def _step_losses(run_dir: Path) -> dict[int, float]:
+    frame = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    rows = frame.dropna(subset=["train/loss_step"])
+    assert not rows["step"].duplicated().any()
+    return dict(zip(rows["step"].astype(int), rows["train/loss_step"], strict=True))
 
 
 def test_resume_finds_the_newest_checkpoint_file_or_sharded_folder(tmp_path: Path) -> None:
