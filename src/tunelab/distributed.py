@@ -156,6 +156,22 @@ def build_strategy(strategy_cfg: Any, model: nn.Module) -> Any:
     return get_class(kwargs.pop("_target_"))(**kwargs)
 
 
+def gathered_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """The module's whole state dict, gathered onto rank 0's CPU (other ranks get ``{}``) when the strategy
+    is FSDP, whose module holds only this rank's shards; ``None`` for strategies that keep whole weights.
+    Under FSDP this is a collective: every rank must call it."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return None
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = trainer.strategy.model
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+        return model.state_dict()
+
+
 def rank_info(train_samples: int) -> list[dict[str, Any]]:
     """Who took part: one entry per rank (rank, node, pid, training samples it saw), gathered to
     every rank; a single entry outside a process group."""

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.callbacks import AtomicCheckpointIO, TrainStats, progress_callbacks
 from tunelab.data.base import TaskDataModule
-from tunelab.distributed import build_strategy, check_strategy, preflight, rank_info
+from tunelab.distributed import build_strategy, check_strategy, gathered_state_dict, preflight, rank_info
 from tunelab.errors import ConfigError, unwrapped_errors
 from tunelab.hub import check_hub
 from tunelab.identity import read_completed, resume_checkpoint
@@ -199,8 +199,10 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
                             "strategy": type(trainer.strategy).__name__, "ranks": ranks},
             "torch_threads": torch.get_num_threads(),
         }
+        weights = gathered_state_dict(trainer)  # FSDP: the shards gathered to rank 0 (every rank takes part)
         if trainer.is_global_zero:
-            atomic_write_dir(folder.model_dir, lambda path: module.save_pretrained(path, tokenizer))
+            exported = module if weights is None else unsharded_copy(cfg, datamodule, weights)
+            atomic_write_dir(folder.model_dir, lambda path: exported.save_pretrained(path, tokenizer))
             for name, rows in module.test_samples.items():
                 folder.write_samples(name, rows)
             folder.write_metrics(metrics)
@@ -212,6 +214,14 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
     finally:
         finish_loggers(trainer, exit_code=0 if succeeded else 1)
     return metrics
+
+
+def unsharded_copy(cfg: DictConfig, datamodule: TaskDataModule, state_dict: dict[str, Any]) -> TaskModule:
+    """A fresh module on the CPU holding ``state_dict``: what an FSDP run exports, since its own module
+    holds only this rank's shards of the weights."""
+    copy = build_module(cfg, datamodule)
+    copy.load_state_dict(state_dict)
+    return copy
 
 
 def finish_loggers(trainer: L.Trainer, exit_code: int) -> None:

@@ -20,6 +20,9 @@ from tunelab.models import load_model
 from tunelab.tuning.base import TuningStrategy
 
 META = "meta"  # batch key for what the model does not take: example ids, offsets, reference texts
+# Forward arguments of decoders' loss passes: no key/value cache is needed, and one filled in the forward
+# pass would change what activation checkpointing (trainer=fsdp) recomputes in the backward pass.
+NO_KV_CACHE = {"use_cache": False}
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
 
 
@@ -112,8 +115,11 @@ class TaskModule(L.LightningModule):
         return {k: v.item() for k, v in metrics.compute().items()}
 
     # --- steps -----------------------------------------------------------------------------------
+    #: Extra keyword arguments of the loss forward pass (decoders: ``use_cache=False``).
+    forward_kwargs: Mapping[str, Any] = {}
+
     def forward(self, batch: dict[str, Any]) -> Any:
-        return self.model(**model_inputs(batch))
+        return self.model(**model_inputs(batch), **self.forward_kwargs)
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Training objective; strategies such as distillation extend it."""
@@ -123,6 +129,17 @@ class TaskModule(L.LightningModule):
         loss = self.loss(self(batch), batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """As Lightning does, except under FSDP, whose precision plugin refuses norm clipping: there the
+        norm over all ranks' shards is clipped by FSDP's own ``clip_grad_norm_``."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy) and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
         outputs = self(batch)
@@ -142,13 +159,24 @@ class TaskModule(L.LightningModule):
     def _test_set(self, name: str) -> MetricCollection:
         return self.test_metrics if name == "test" else self.extra_test_metrics[name]
 
+    def _metrics_to_device(self) -> None:
+        """Metric states on the training device, where collectives such as NCCL need them: FSDP places
+        the parameters itself, leaving torchmetrics' states (text metrics' lists) on the CPU."""
+        device = self.trainer.strategy.root_device
+        for metrics in (self.val_metrics, self.test_metrics, self.extra_test_metrics, self.eval_losses):
+            metrics.to(device)
+
+    def on_validation_epoch_start(self) -> None:
+        self._metrics_to_device()
+
     def on_test_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         self._test_names = list(getattr(datamodule, "test_splits", None) or ["test"])
         self.test_samples = {}
         for name in self._test_names[1:]:
             if name not in self.extra_test_metrics:
-                self.extra_test_metrics[name] = self.build_metrics().clone(prefix=f"{name}/").to(self.device)
+                self.extra_test_metrics[name] = self.build_metrics().clone(prefix=f"{name}/")
+        self._metrics_to_device()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self._test_names[dataloader_idx]

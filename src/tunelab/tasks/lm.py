@@ -18,7 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.metrics.lm import lm_metrics
 from tunelab.models import load_config
-from tunelab.tasks.base import META, TaskModule
+from tunelab.tasks.base import META, NO_KV_CACHE, TaskModule
 
 IGNORE = -100
 
@@ -96,6 +96,7 @@ class CausalLMModule(LanguageModelModule):
     auto_model_class = AutoModelForCausalLM
     objective = "clm"
     shift = 1
+    forward_kwargs = NO_KV_CACHE
 
     def check_model(self, config: PretrainedConfig) -> None:
         encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not config.is_encoder_decoder

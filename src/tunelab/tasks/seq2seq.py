@@ -16,7 +16,7 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from tunelab.data.seq2seq import REFERENCE, SOURCE
 from tunelab.metrics.seq2seq import generation_metric_values, generation_metrics, update_generation_metrics
-from tunelab.tasks.base import META, TaskModule, in_row_order, model_inputs
+from tunelab.tasks.base import META, NO_KV_CACHE, TaskModule, in_row_order, model_inputs
 
 
 class Seq2SeqModule(TaskModule):
@@ -30,6 +30,8 @@ class Seq2SeqModule(TaskModule):
         data_generation: generation arguments the data implies (the target-language token).
         save_samples: test rows written to ``samples/<test set>.jsonl`` (``None``: all).
     """
+
+    forward_kwargs = NO_KV_CACHE
 
     auto_model_class = AutoModelForSeq2SeqLM
 

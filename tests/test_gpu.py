@@ -1,0 +1,160 @@
+"""On a CUDA GPU: ``trainer=fsdp`` (bf16, one FSDP unit per transformer block, activation checkpointing),
+its full and sharded checkpoints, requeue and resume, LoRA and generation under FSDP, and ``trainer=gpu``.
+
+Skipped without CUDA (CI has none); ``TUNELAB_REQUIRE_GPU=1`` makes them fail instead. With one GPU, FSDP
+runs one process, which torch runs as NO_SHARD: wrapping, mixed precision, activation checkpointing, the
+gathered export and the checkpoint formats are exercised; sharding across several GPUs is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from tests.conftest import tiny_overrides
+from tests.helpers import compose_train
+from tests.seq2seq_fixtures import pairs_csv, t5_overrides, tiny_t5  # noqa: F401
+from tests.tasks.test_seq2seq import epoch_curves
+from tests.test_run_identity import _step_losses
+from tunelab import train
+from tunelab.predict import predict
+from tunelab.requeue import Requeued, ResumeCallback
+from tunelab.train import build_datamodule, build_module, run
+
+REQUIRED = os.environ.get("TUNELAB_REQUIRE_GPU") == "1"
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available() and not REQUIRED, reason="needs a CUDA GPU")]
+
+FSDP = ["trainer=fsdp", "trainer.devices=1", "trainer.num_nodes=1"]
+FSDP_BF16 = [*FSDP, "trainer.precision=bf16-mixed", "trainer.strategy.activation_checkpointing_policy=blocks"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cuda() -> None:
+    if not torch.cuda.is_available():  # only reached with TUNELAB_REQUIRE_GPU=1
+        pytest.fail("TUNELAB_REQUIRE_GPU=1 but torch sees no CUDA device", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def own_process_group():
+    """Each test's runs start without the process group an earlier FSDP run left (one per process in real use)."""
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def val_losses(run_dir: Path) -> list[float]:
+    import pandas as pd
+
+    frame = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    return frame.dropna(subset=["val/loss"])["val/loss"].tolist()
+
+
+def checkpoint_logits(cfg, state_dict: dict, texts: list[str]) -> torch.Tensor:
+    """Logits of a fresh CPU module holding ``state_dict`` (a full checkpoint's weights)."""
+    from tunelab.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    dm = build_datamodule(cfg, tokenizer)
+    dm.setup("fit")
+    module = build_module(cfg, dm).eval()
+    module.load_state_dict(state_dict)
+    with torch.no_grad():
+        return module.model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+
+
+def test_fsdp_bf16_learns_and_exports_the_gathered_weights(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = compose_train(out, *tiny_overrides(tiny_bert, learnable_csv, *FSDP_BF16))
+    metrics = run(cfg)
+    assert metrics["distributed"]["strategy"] == "FSDPStrategy" and metrics["device"].startswith("cuda")
+    losses = val_losses(out)[:-1]  # one per epoch (the last row is the best checkpoint's, validated again)
+    assert losses[-1] < 0.5 * losses[0]
+    assert metrics["test"]["accuracy"] > 0.8  # chance is 1/3
+
+    # state_dict_type=full: one consolidated file whose weights are the export's.
+    best = Path(metrics["best_checkpoint"])
+    assert best.is_file()
+    texts = ["apple the river", "engine of a gear", "melon and some grape"]
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    export = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    with torch.no_grad():
+        exported = export(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    torch.testing.assert_close(exported, checkpoint_logits(cfg, state, texts))
+
+    # The export, run in fp32 by tunelab-predict, scores the test split as the bf16 run did (give or take a row).
+    tokenizer_dm = build_datamodule(cfg, tokenizer)
+    tokenizer_dm.setup("fit")
+    test_csv = tmp_path / "test.csv"
+    tokenizer_dm.examples["test"].to_pandas().to_csv(test_csv, index=False)
+    scored = predict(out, test_csv, output=tmp_path / "pred.jsonl")
+    assert scored["metrics"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1.5 / metrics["data"]["test"])
+
+
+def test_fsdp_sharded_checkpoints_requeue_and_resume(tiny_bert: Path, learnable_csv: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """state_dict_type=sharded: checkpoints are folders; a run requeued mid-epoch resumes from one and ends
+    where an uninterrupted run ends (GPU kernels are not bit-reproducible: close, not equal)."""
+    overrides = tiny_overrides(tiny_bert, learnable_csv, *FSDP, "trainer.strategy.state_dict_type=sharded",
+                               "trainer.max_epochs=3")
+    reference = run(compose_train(tmp_path / "uninterrupted", *overrides))
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "ResumeCallback", lambda requeue_signal: ResumeCallback(signal.SIGUSR1))
+        with pytest.raises(Requeued, match=r"hpc_ckpt_1\.ckpt at step 41"):
+            run(compose_train(out, *overrides, "+callbacks.signal._target_=tests.test_run_identity.SignalAt",
+                              "+callbacks.signal.step=40"))
+    assert (out / "hpc_ckpt_1.ckpt").is_dir()
+    assert json.loads((out / "status.json").read_text())["status"] == "requeued"
+
+    resumed = run(compose_train(out, *overrides, "resume=must"))
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    assert (out / "checkpoints" / "last.ckpt").is_dir() and not list(out.glob("hpc_ckpt_*"))
+    assert resumed["train"]["steps"] == reference["train"]["steps"] == 90
+    assert resumed["test"]["accuracy"] == pytest.approx(reference["test"]["accuracy"], abs=1.5 / reference["data"]["test"])
+    assert resumed["val"]["loss"] == pytest.approx(reference["val"]["loss"], rel=1e-2)
+    assert _step_losses(out) == pytest.approx(_step_losses(tmp_path / "uninterrupted"), rel=1e-2, abs=1e-3)
+    mine = AutoModelForSequenceClassification.from_pretrained(out / "model").state_dict()
+    theirs = AutoModelForSequenceClassification.from_pretrained(tmp_path / "uninterrupted" / "model").state_dict()
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(mine[name], tensor, rtol=1e-2, atol=1e-3, msg=name)
+
+
+def test_fsdp_lora_trains_only_the_adapters(tiny_pretrained: Path, learnable_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = run(compose_train(out, *tiny_overrides(tiny_pretrained, learnable_csv, *FSDP_BF16, "tuning=lora",
+                                                     "optimizer.lr=5e-3", "trainer.max_epochs=3")))
+    assert metrics["val"]["accuracy"] > 0.6
+    state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    pretrained = AutoModelForSequenceClassification.from_pretrained(tiny_pretrained, num_labels=3).state_dict()
+    frozen = [k for k in state if ".base_layer." in k or "embeddings" in k]
+    assert frozen
+    for key in frozen:  # model.base_model.model.bert....base_layer.weight -> bert....weight
+        name = key.split("base_model.model.", 1)[1].replace(".base_layer", "")
+        torch.testing.assert_close(state[key], pretrained[name], rtol=0, atol=0, msg=key)
+    assert any(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k)
+
+
+def test_fsdp_generates_during_validation(tiny_t5: Path, pairs_csv: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "run"
+    metrics = run(compose_train(out, *t5_overrides(tiny_t5, pairs_csv, *FSDP_BF16, "trainer.max_epochs=6")))
+    curves = epoch_curves(out)
+    assert curves["val/rougeL"].iloc[-1] > curves["val/rougeL"].iloc[0] + 0.15
+    assert metrics["test"]["rouge1"] > 0.6
+    rows = [json.loads(line) for line in (out / "samples" / "test.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["data"]["test"]
+    model = AutoModelForSeq2SeqLM.from_pretrained(out / "model")  # the gathered weights reload
+    assert model.config.d_model == 64
+
+
+def test_gpu_preset_learns(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
+    metrics = run(compose_train(tmp_path / "run", *tiny_overrides(tiny_bert, learnable_csv, "trainer=gpu",
+                                                                  "trainer.max_epochs=6")))
+    assert metrics["device"].startswith("cuda") and metrics["test"]["accuracy"] > 0.8
