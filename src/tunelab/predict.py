@@ -91,14 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-column", help="label column, if it differs from the run's (metrics are computed when present)")
     parser.add_argument("--source-column", help="seq2seq runs: source text column, if it differs from the run's")
     parser.add_argument("--target-column", help="seq2seq runs: reference column, if it differs (metrics when present)")
+    parser.add_argument("--question-column", help="QA runs: question column, if it differs from the run's")
+    parser.add_argument("--context-column", help="QA runs: context column, if it differs from the run's")
+    parser.add_argument("--answers-column", help="QA runs: SQuAD answers column, if it differs (metrics when present)")
     parser.add_argument("--encoding", default="utf-8", help="text encoding of the data file")
     parser.add_argument("--batch-size", type=int, help="examples per batch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     datasets.disable_progress_bars()
-    columns = {k: v for k, v in {"text_column": args.text_column, "text_pair_column": args.text_pair_column,
-                                  "label_column": args.label_column, "source_column": args.source_column,
-                                  "target_column": args.target_column}.items() if v}
+    names = ("text_column", "text_pair_column", "label_column", "source_column", "target_column",
+             "question_column", "context_column", "answers_column")
+    columns = {name: getattr(args, name) for name in names if getattr(args, name)}
     try:
         result = predict(args.run_dir, args.data_file, args.output, columns, args.encoding, args.batch_size)
     except Exception as err:

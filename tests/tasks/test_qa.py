@@ -93,6 +93,12 @@ def test_tunelab_predict_writes_one_answer_per_row(qa_run: tuple[Path, dict], tm
     assert predict_main([str(out), str(unlabelled), "-o", str(tmp_path / "u.csv")]) == 0
     assert "metrics" not in json.loads(capsys.readouterr().out)
     assert pd.read_csv(tmp_path / "u.csv", keep_default_na=False)["answer"].tolist() == written["answer"].tolist()
+    renamed = write_rows([{"q": r["question"], "passage": r["context"], "gold": r["answers"]} for r in rows],
+                         tmp_path / "renamed.jsonl")
+    assert predict_main([str(out), str(renamed), "-o", str(tmp_path / "r.jsonl"), "--question-column", "q",
+                         "--context-column", "passage", "--answers-column", "gold"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["exact_match"] == pytest.approx(exact)
+    assert pd.read_json(tmp_path / "r.jsonl", lines=True)["answer"].tolist() == written["answer"].tolist()
 
 
 def test_a_model_without_qa_head_is_a_clear_error(tmp_path: Path) -> None:
