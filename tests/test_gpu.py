@@ -13,9 +13,10 @@ import os
 import signal
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from tests.conftest import tiny_overrides
 from tests.helpers import compose_train
@@ -23,9 +24,10 @@ from tests.seq2seq_fixtures import pairs_csv, t5_overrides, tiny_t5  # noqa: F40
 from tests.tasks.test_seq2seq import epoch_curves
 from tests.test_run_identity import _step_losses
 from tunelab import train
+from tunelab.models import load_tokenizer
 from tunelab.predict import predict
 from tunelab.requeue import Requeued, ResumeCallback
-from tunelab.train import build_datamodule, build_module, run
+from tunelab.train import build_datamodule, run
 
 REQUIRED = os.environ.get("TUNELAB_REQUIRE_GPU") == "1"
 pytestmark = [pytest.mark.gpu,
@@ -50,23 +52,17 @@ def own_process_group():
 
 
 def val_losses(run_dir: Path) -> list[float]:
-    import pandas as pd
-
     frame = pd.read_csv(run_dir / "logs" / "metrics.csv")
     return frame.dropna(subset=["val/loss"])["val/loss"].tolist()
 
 
-def checkpoint_logits(cfg, state_dict: dict, texts: list[str]) -> torch.Tensor:
-    """Logits of a fresh CPU module holding ``state_dict`` (a full checkpoint's weights)."""
-    from tunelab.models import load_tokenizer
-
-    tokenizer = load_tokenizer(cfg.model)
-    dm = build_datamodule(cfg, tokenizer)
-    dm.setup("fit")
-    module = build_module(cfg, dm).eval()
-    module.load_state_dict(state_dict)
-    with torch.no_grad():
-        return module.model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+def assert_export_holds_checkpoint(run_dir: Path, checkpoint: str | Path, auto_class: type) -> None:
+    """Every tensor of the exported ``model/`` equals the (full) checkpoint's: the gathered weights, not a shard."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    exported = auto_class.from_pretrained(run_dir / "model").state_dict()
+    assert exported
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, state[f"model.{name}"], rtol=0, atol=0, msg=name)
 
 
 def test_fsdp_bf16_learns_and_exports_the_gathered_weights(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
@@ -79,21 +75,14 @@ def test_fsdp_bf16_learns_and_exports_the_gathered_weights(tiny_bert: Path, lear
     assert metrics["test"]["accuracy"] > 0.8  # chance is 1/3
 
     # state_dict_type=full: one consolidated file whose weights are the export's.
-    best = Path(metrics["best_checkpoint"])
-    assert best.is_file()
-    texts = ["apple the river", "engine of a gear", "melon and some grape"]
-    tokenizer = AutoTokenizer.from_pretrained(out / "model")
-    export = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
-    with torch.no_grad():
-        exported = export(**tokenizer(texts, return_tensors="pt", padding=True)).logits
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    torch.testing.assert_close(exported, checkpoint_logits(cfg, state, texts))
+    assert Path(metrics["best_checkpoint"]).is_file()
+    assert_export_holds_checkpoint(out, metrics["best_checkpoint"], AutoModelForSequenceClassification)
 
     # The export, run in fp32 by tunelab-predict, scores the test split as the bf16 run did (give or take a row).
-    tokenizer_dm = build_datamodule(cfg, tokenizer)
-    tokenizer_dm.setup("fit")
+    datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
+    datamodule.setup("fit")
     test_csv = tmp_path / "test.csv"
-    tokenizer_dm.examples["test"].to_pandas().to_csv(test_csv, index=False)
+    datamodule.examples["test"].to_pandas().to_csv(test_csv, index=False)
     scored = predict(out, test_csv, output=tmp_path / "pred.jsonl")
     assert scored["metrics"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1.5 / metrics["data"]["test"])
 
@@ -150,8 +139,7 @@ def test_fsdp_generates_during_validation(tiny_t5: Path, pairs_csv: Path, tmp_pa
     assert metrics["test"]["rouge1"] > 0.6
     rows = [json.loads(line) for line in (out / "samples" / "test.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["data"]["test"]
-    model = AutoModelForSeq2SeqLM.from_pretrained(out / "model")  # the gathered weights reload
-    assert model.config.d_model == 64
+    assert_export_holds_checkpoint(out, metrics["best_checkpoint"], AutoModelForSeq2SeqLM)
 
 
 def test_gpu_preset_learns(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
