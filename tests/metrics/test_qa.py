@@ -1,8 +1,11 @@
-"""SQuAD normalisation, EM/F1 and span decoding against hand-computed values."""
+"""SQuAD normalisation, EM/F1 and span decoding against hand-computed values and the official script."""
 
 from __future__ import annotations
 
 import random
+import re
+import string
+from collections import Counter
 
 import pytest
 import torch
@@ -78,6 +81,85 @@ def test_squad_score_equals_torchmetrics_squad_with_one_window_per_example() -> 
     result = ours.compute()
     assert float(result["exact_match"]) == pytest.approx(float(reference["exact_match"]), abs=1e-4)
     assert float(result["f1"]) == pytest.approx(float(reference["f1"]), abs=1e-4)
+
+
+class OfficialSquadV11:
+    """The official SQuAD v1.1 evaluation script's scoring, copied in plain Python (evaluate-v1.1.py)."""
+
+    @staticmethod
+    def normalize_answer(s: str) -> str:
+        def remove_articles(text: str) -> str:
+            return re.sub(r"\b(a|an|the)\b", " ", text)
+
+        def white_space_fix(text: str) -> str:
+            return " ".join(text.split())
+
+        def remove_punc(text: str) -> str:
+            exclude = set(string.punctuation)
+            return "".join(ch for ch in text if ch not in exclude)
+
+        return white_space_fix(remove_articles(remove_punc(s.lower())))
+
+    @classmethod
+    def f1_score(cls, prediction: str, ground_truth: str) -> float:
+        prediction_tokens = cls.normalize_answer(prediction).split()
+        ground_truth_tokens = cls.normalize_answer(ground_truth).split()
+        common = Counter(prediction_tokens) & Counter(ground_truth_tokens)
+        num_same = sum(common.values())
+        if num_same == 0:
+            return 0
+        precision = 1.0 * num_same / len(prediction_tokens)
+        recall = 1.0 * num_same / len(ground_truth_tokens)
+        return (2 * precision * recall) / (precision + recall)
+
+    @classmethod
+    def exact_match_score(cls, prediction: str, ground_truth: str) -> bool:
+        return cls.normalize_answer(prediction) == cls.normalize_answer(ground_truth)
+
+    @staticmethod
+    def metric_max_over_ground_truths(metric_fn, prediction: str, ground_truths: list[str]) -> float:
+        return max(metric_fn(prediction, ground_truth) for ground_truth in ground_truths)
+
+    @classmethod
+    def evaluate(cls, golds: list[list[str]], predictions: list[str]) -> dict[str, float]:
+        f1 = exact_match = total = 0
+        for ground_truths, prediction in zip(golds, predictions, strict=True):
+            total += 1
+            exact_match += cls.metric_max_over_ground_truths(cls.exact_match_score, prediction, ground_truths)
+            f1 += cls.metric_max_over_ground_truths(cls.f1_score, prediction, ground_truths)
+        return {"exact_match": 100.0 * exact_match / total, "f1": 100.0 * f1 / total}
+
+
+def test_squad_score_equals_the_official_v11_script_on_random_pairs() -> None:
+    rng = random.Random(2)
+    words = ["The", "cat", "a", "sat", "on", "mat", "Mat,", "an", "dog", ".", "U.S.", "(red)", "Éclair", "the end"]
+    phrase = lambda lo: " ".join(rng.choices(words, k=rng.randint(lo, 4)))  # noqa: E731
+    golds = []
+    while len(golds) < 257:  # v1.1 gold answers are spans: none normalises to nothing
+        answers = [phrase(1) for _ in range(rng.randint(1, 3))]
+        if all(normalize_answer(a) for a in answers):
+            golds.append(answers)
+    preds = [phrase(0) for _ in golds]
+    metric = SquadScore()
+    for start in range(0, len(golds), 50):  # several batches
+        ids = torch.arange(start, min(start + 50, len(golds)))
+        metric.update(ids, torch.zeros(len(ids)), preds[start : start + 50], torch.zeros(len(ids)), golds[start : start + 50])
+    ours = {k: v.item() for k, v in metric.compute().items()}
+    official = OfficialSquadV11.evaluate(golds, preds)
+    assert 0 < official["exact_match"] < official["f1"] < 100
+    assert ours == {k: pytest.approx(v, abs=1e-9) for k, v in official.items()}
+
+
+def test_percentages_are_float64_as_the_official_script_divides() -> None:
+    """32 exact of 60: 53.333333333333336, where float32 gives 53.333336."""
+    metric = SquadScore()
+    golds = [["blue sky"]] * 60
+    preds = ["blue sky"] * 32 + ["red sea"] * 28
+    metric.update(torch.arange(60), torch.zeros(60), preds, torch.zeros(60), golds)
+    result = metric.compute()
+    assert all(v.dtype == torch.float64 for v in result.values())
+    assert result["exact_match"].item() == pytest.approx(100 * 32 / 60, abs=1e-9)
+    assert result["f1"].item() == pytest.approx(100 * 32 / 60, abs=1e-9)
 
 
 def logits(length: int, values: dict[int, float]) -> torch.Tensor:
@@ -167,10 +249,10 @@ def test_states_are_tensors_that_concatenate_across_ranks() -> None:
         score, texts, null = decode(w, [row])
         rank.update(torch.tensor([3]), score, texts, null, [["san jose"]])
         rank.update(torch.tensor([other]), torch.tensor([1.0]), ["x"], torch.tensor([0.0]), [["x"]])
-    merged = SquadScore()
     for name in SquadScore.STATES:
         assert all(isinstance(t, torch.Tensor) for r in ranks for t in getattr(r, name))
-        setattr(merged, name, [torch.cat([t for r in ranks for t in getattr(r, name)])])
+    merged = ranks[0].clone()
+    merged.merge_state(ranks[1])  # with the metric's own reductions (concatenation), as DDP's sync
     assert {k: float(v) for k, v in merged.compute().items()} == {"exact_match": 100.0, "f1": 100.0}
     # rank 0 alone sees only "san" for example 3: EM 0, F1 2/3 (P 1, R 1/2); example 4 is right
     alone = {k: float(v) for k, v in ranks[0].compute().items()}

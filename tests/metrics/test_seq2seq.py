@@ -1,13 +1,19 @@
-"""Generation metrics against hand-computed ROUGE and BLEU values, and the punkt check."""
+"""Generation metrics against hand-computed ROUGE and BLEU values, chrF / chrF++ against sacrebleu,
+and the punkt check."""
 
 from __future__ import annotations
 
 import math
+import random
+from pathlib import Path
 
 import pytest
 import torch
+from sacrebleu.metrics import CHRF as SacreCHRF
 
+from tests.helpers import compose_train
 from tunelab.errors import ConfigError
+from tunelab.metrics.chrf import CHRF
 from tunelab.metrics.seq2seq import generation_metric_values, generation_metrics, update_generation_metrics
 
 
@@ -47,8 +53,95 @@ def test_chrf_bounds() -> None:
     assert score(["xyz"], ["abc"], ("chrf",))["val/chrf"] == pytest.approx(0.0)
 
 
+CHRF_NAMES = {"chrf": 0, "chrf++": 2}  # metric name -> sacrebleu's word_order
+
+
+def sacrebleu_chrf(preds: list[str], refs: list[str], name: str) -> float:
+    """The oracle: sacrebleu's corpus score, from its 0-100 scale to ours."""
+    return SacreCHRF(word_order=CHRF_NAMES[name]).corpus_score(preds, [refs]).score / 100
+
+
+CRAFTED = {
+    # an empty output still counts its reference's n-grams: recall falls (torchmetrics: 1.0)
+    "empty output in a corpus": (["", "the cat sat on the mat"], ["the cat sat on the mat"] * 2),
+    "empty output alone": ([""], ["the cat sat on the mat"]),
+    "empty reference": (["the cat", "a dog"], ["", "a dog"]),
+    "both empty": ([""], [""]),
+    "one-character words": (["a b c d", "x"], ["a b d c", "x"]),
+    "one character against a word": (["a"], ["abc def"]),
+    "unicode": (["naïve café 東京は晴れ 🙂", "Straße"], ["naive café 東京は雨 🙂🙂", "Strasse"]),
+    "combining marks and case": (["cafe\u0301 Über", "ÉCOLE"], ["café über", "école"]),
+    "punctuation split off words": (["(hi) there, friend!", "\"quoted\" ... end."], ["hi (there) friend !", "quoted ... end ."]),
+    "whitespace kinds": (["a\tb\u00a0c  d\n"], ["a b c d"]),
+    "identical": (["the cat is on the mat"], ["the cat is on the mat"]),
+    "nothing shared": (["xyz"], ["abc"]),
+}
+
+
+@pytest.mark.parametrize("name", CHRF_NAMES)
+@pytest.mark.parametrize("case", CRAFTED)
+def test_chrf_equals_sacrebleu_on_crafted_pairs(case: str, name: str) -> None:
+    preds, refs = CRAFTED[case]
+    assert score(preds, refs, (name,))[f"val/{name}"] == pytest.approx(sacrebleu_chrf(preds, refs, name), abs=1e-12)
+
+
+def random_corpus(n: int, seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    vocab = ["the", "cat", "sat", "on", "mat", "a", "I", "(dog)", "dog,", "é", "über", "東京", "!", "...", "x"]
+    sentence = lambda: " ".join(rng.choices(vocab, k=rng.randint(0, 9)))  # noqa: E731
+    return [sentence() for _ in range(n)], [sentence() for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", CHRF_NAMES)
+def test_chrf_is_corpus_level_over_updates_and_ranks(name: str) -> None:
+    """Statistics add up over ``update`` calls, and over ranks whose states are merged with the
+    metric's own reductions (DDP's: a sum of integer counts): both equal sacrebleu on the whole corpus."""
+    preds, refs = random_corpus(60, seed=3)
+    expected = sacrebleu_chrf(preds, refs, name)
+    ranks = [CHRF(word_order=CHRF_NAMES[name]) for _ in range(2)]
+    for start in range(0, 60, 7):  # batches of 7, alternating between the two ranks
+        ranks[start // 7 % 2].update(preds[start : start + 7], [[r] for r in refs[start : start + 7]])
+    assert all(state.dtype == torch.long for r in ranks for state in r.metric_state.values())
+    merged = ranks[0].clone()
+    merged.merge_state(ranks[1])
+    assert merged.compute().item() == pytest.approx(expected, abs=1e-12)
+    alone = CHRF(word_order=CHRF_NAMES[name])
+    for start in range(0, 60, 7):
+        alone.update(preds[start : start + 7], refs[start : start + 7])  # one reference string per sentence
+    assert alone.compute().item() == pytest.approx(expected, abs=1e-12)
+    assert ranks[0].compute().item() != pytest.approx(expected, abs=1e-6)  # one rank alone is not the corpus
+
+
+@pytest.mark.parametrize("word_order,char_order,beta", [(0, 6, 2), (2, 6, 2), (1, 4, 1)])
+def test_chrf_with_several_references_equals_sacrebleu(word_order: int, char_order: int, beta: int) -> None:
+    preds, refs = random_corpus(40, seed=5)
+    _, other_refs = random_corpus(40, seed=6)
+    metric = CHRF(word_order=word_order, char_order=char_order, beta=beta)
+    metric.update(preds, [list(pair) for pair in zip(refs, other_refs, strict=True)])
+    oracle = SacreCHRF(char_order=char_order, word_order=word_order, beta=beta).corpus_score(preds, [refs, other_refs])
+    assert metric.compute().item() == pytest.approx(oracle.score / 100, abs=1e-12)
+
+
+def test_chrf_of_an_empty_corpus_is_zero_like_sacrebleu_on_zero_counts() -> None:
+    """sacrebleu's ``corpus_score([], ...)`` raises IndexError; on all-zero statistics it gives 0."""
+    for word_order in (0, 2):
+        metric = CHRF(word_order=word_order)
+        metric.update([], [])
+        zero_stats = [0] * 3 * (6 + word_order)
+        assert metric.compute().item() == SacreCHRF(word_order=word_order)._compute_score_from_stats(zero_stats).score == 0
+
+
+def test_chrf_pp_name_survives_a_hydra_override(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, "task=parallel", f"task.data.source.data_files.train={tmp_path}/x.csv",
+                        "task.module.metrics=[sacrebleu,chrf,chrf++]", "task.monitor=val/chrf++")
+    assert list(cfg.task.module.metrics) == ["sacrebleu", "chrf", "chrf++"]
+    assert cfg.callbacks.model_checkpoint.monitor == "val/chrf++"
+    values = score(["the cat sat"], ["the cat sat down"], tuple(cfg.task.module.metrics))
+    assert set(values) == {"val/sacrebleu", "val/chrf", "val/chrf++", "val/gen_len"}
+
+
 def test_states_are_tensors_that_sync_across_ranks() -> None:
-    metrics = generation_metrics(["rouge", "sacrebleu", "chrf"])
+    metrics = generation_metrics(["rouge", "sacrebleu", "chrf", "chrf++"])
     update_generation_metrics(metrics, ["a b c d"], ["a b c d"], torch.tensor([4]))
     for metric in metrics.values():
         for name in metric._defaults:

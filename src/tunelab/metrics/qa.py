@@ -6,7 +6,7 @@ the lowest no-answer score of its windows beats that span by more than a thresho
 Hugging Face ``run_qa`` post-processing). Scores are the sum of the start and end logits.
 
 Normalisation, exact match and F1 are the official SQuAD script's (normalisation from
-torchmetrics, which copies it; the tests check F1 against torchmetrics' copy): lower-case, strip punctuation, the articles a/an/the and extra whitespace;
+torchmetrics, which copies it; the tests check EM/F1 against a copy of the official v1.1 script): lower-case, strip punctuation, the articles a/an/the and extra whitespace;
 the maximum over the gold answers; gold answers that normalise to nothing are dropped and a
 question without any is answered right only by the empty prediction.
 """
@@ -128,6 +128,11 @@ def choose_answers(
     return ids, span_pick, null_pick, no_answer
 
 
+def percent(scores: Tensor) -> Tensor:
+    """``100 * sum / count`` of float64 scores, as the official script divides its Python-float sums."""
+    return 100 * scores.sum() / scores.numel()
+
+
 class SquadScore(Metric):
     """SQuAD exact match and F1 (in percent, as the official script reports them) over examples
     whose windows may arrive in different batches and on different ranks.
@@ -136,6 +141,8 @@ class SquadScore(Metric):
     once and keeps only numbers: per window its example id, span score, no-answer score and the
     EM/F1 of both answers. ``compute`` picks each example's answer across its windows. States are
     tensors concatenated across ranks, so DDP gives the single-process result; no logits are kept.
+    EM/F1 are kept and averaged in float64, so the percentages equal the official script's (float32
+    gives 53.333336 for 32 of 60).
 
     Args:
         with_no_answer: SQuAD 2.0: an example may have no answer (see ``choose_answers``); adds
@@ -176,25 +183,25 @@ class SquadScore(Metric):
         self.span_score.append(span_score.float())
         self.null_score.append(null_score.float().to(device))
         for name, v in values.items():
-            getattr(self, name).append(torch.tensor(v, dtype=torch.float, device=device))
+            getattr(self, name).append(torch.tensor(v, dtype=torch.float64, device=device))
 
     def compute(self) -> dict[str, Tensor]:
         state = {name: dim_zero_cat(getattr(self, name)) if getattr(self, name) else torch.zeros(0, device=self.device)
                  for name in self.STATES}
         if state["example_id"].numel() == 0:
-            return {"exact_match": torch.tensor(0.0), "f1": torch.tensor(0.0)}
+            return {"exact_match": torch.tensor(0.0, dtype=torch.float64), "f1": torch.tensor(0.0, dtype=torch.float64)}
         _, span, null, no_answer = choose_answers(
             state["example_id"].long(), state["span_score"], state["null_score"], self.with_no_answer, self.null_threshold
         )
         em = torch.where(no_answer, state["null_em"][null], state["span_em"][span])
         f1 = torch.where(no_answer, state["null_f1"][null], state["span_f1"][span])
-        out = {"exact_match": 100 * em.mean(), "f1": 100 * f1.mean()}
+        out = {"exact_match": percent(em), "f1": percent(f1)}
         if self.with_no_answer:
             unanswerable = state["null_em"][null] == 1  # only the empty answer is right
             for name, subset in (("has_ans", ~unanswerable), ("no_ans", unanswerable)):
                 if subset.any():
-                    out[f"{name}_exact_match"] = 100 * em[subset].mean()
-                    out[f"{name}_f1"] = 100 * f1[subset].mean()
+                    out[f"{name}_exact_match"] = percent(em[subset])
+                    out[f"{name}_f1"] = percent(f1[subset])
         return out
 
 

@@ -1,7 +1,9 @@
-"""Generation metrics (torchmetrics): ROUGE for summaries, SacreBLEU and chrF for translations.
+"""Generation metrics: ROUGE for summaries, SacreBLEU, chrF and chrF++ for translations.
 
+ROUGE and SacreBLEU are torchmetrics'; chrF (``chrf``) and chrF++ (``chrf++``) are
+``tunelab.metrics.chrf.CHRF``, equal to sacrebleu's ``CHRF()`` and ``CHRF(word_order=2)``.
 Every metric state is a tensor (n-gram counts, per-example scores), so torchmetrics syncs them
-across DDP ranks; no text is kept. Scores are on torchmetrics' 0-1 scale (papers print x100).
+across DDP ranks; no text is kept. Scores are on the 0-1 scale (sacrebleu and papers print x100).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torchmetrics import MeanMetric, Metric, MetricCollection
-from torchmetrics.text import CHRFScore, ROUGEScore, SacreBLEUScore
+from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
 from tunelab.errors import ConfigError
+from tunelab.metrics.chrf import CHRF
 
-GENERATION_METRICS = ("rouge", "sacrebleu", "chrf")
+GENERATION_METRICS = ("rouge", "sacrebleu", "chrf", "chrf++")  # "chrf++" parses unquoted in Hydra overrides
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 GEN_LEN = "gen_len"  # mean generated length in tokens
 
@@ -49,7 +52,8 @@ def generation_metrics(names: Sequence[str], rouge_keys: Sequence[str] = ("rouge
     factories = {
         "rouge": lambda: ROUGEScore(rouge_keys=tuple(rouge_keys)),
         "sacrebleu": lambda: SacreBLEUScore(tokenize="13a"),
-        "chrf": lambda: CHRFScore(),
+        "chrf": lambda: CHRF(),
+        "chrf++": lambda: CHRF(word_order=2),
     }
     metrics: dict[str, Metric] = {name: factories[name]() for name in names}
     metrics[GEN_LEN] = MeanMetric()
@@ -70,7 +74,8 @@ def update_generation_metrics(
 
 
 def generation_metric_values(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Flat names: ``rouge1`` (F-measure; precision and recall are left out), ``sacrebleu``, ``chrf``, ``gen_len``."""
+    """Flat names: ``rouge1`` (F-measure; precision and recall are left out), ``sacrebleu``, ``chrf``,
+    ``chrf++``, ``gen_len``."""
     out = {}
     for key, value in values.items():
         if key.endswith(("_precision", "_recall")):
