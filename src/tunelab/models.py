@@ -34,10 +34,24 @@ def tokenizer_name(model_cfg: Mapping[str, Any]) -> str:
     return model_cfg.get("tokenizer") or model_cfg["name_or_path"]
 
 
+def remote_code(model_cfg: Mapping[str, Any]) -> bool:
+    """``model.trust_remote_code`` (default false): whether transformers may run the Python code of the
+    model's repository. Only this key says so; ``config_overrides`` cannot."""
+    if "trust_remote_code" in (model_cfg.get("config_overrides") or {}):
+        raise ConfigError(
+            "model.config_overrides.trust_remote_code is not allowed: set model.trust_remote_code=true to let a "
+            "model run its repository's own code (only for a repository you trust)"
+        )
+    value = model_cfg.get("trust_remote_code") or False
+    if not isinstance(value, bool):
+        raise ConfigError(f"model.trust_remote_code must be true or false, got {value!r}")
+    return value
+
+
 def load_tokenizer(model_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     name = tokenizer_name(model_cfg)
     with hub_errors("tokenizer", name, _fix(name)):
-        return AutoTokenizer.from_pretrained(name, revision=model_cfg.get("revision"))
+        return AutoTokenizer.from_pretrained(name, revision=model_cfg.get("revision"), trust_remote_code=remote_code(model_cfg))
 
 
 def model_path(name: str) -> str:
@@ -57,9 +71,11 @@ def model_path(name: str) -> str:
 
 def load_config(model_cfg: Mapping[str, Any], **config_kwargs: Any) -> PretrainedConfig:
     name = model_path(model_cfg["name_or_path"])
+    trust = remote_code(model_cfg)
     overrides = dict(model_cfg.get("config_overrides") or {})
     with hub_errors("model config", name, _fix(name)):
-        return AutoConfig.from_pretrained(name, revision=model_cfg.get("revision"), **overrides, **config_kwargs)
+        return AutoConfig.from_pretrained(name, revision=model_cfg.get("revision"), trust_remote_code=trust,
+                                          **overrides, **config_kwargs)
 
 
 def check_pairing(auto_class: type, config: PretrainedConfig, model_cfg: Mapping[str, Any]) -> None:
@@ -88,12 +104,14 @@ def load_model(auto_class: type, model_cfg: Mapping[str, Any], **config_kwargs: 
     config = load_config(model_cfg, **config_kwargs)
     check_pairing(auto_class, config, model_cfg)
     dtype = getattr(torch, model_cfg["dtype"]) if model_cfg.get("dtype") else None
+    trust = remote_code(model_cfg)
     if model_cfg.get("from_scratch"):
-        return auto_class.from_config(config, dtype=dtype)
+        return auto_class.from_config(config, dtype=dtype, trust_remote_code=trust)
     name = model_path(model_cfg["name_or_path"])
     with hub_errors("model", name, _fix(name)):
         return auto_class.from_pretrained(
-            name, config=config, revision=model_cfg.get("revision"), dtype=dtype, ignore_mismatched_sizes=True
+            name, config=config, revision=model_cfg.get("revision"), dtype=dtype, ignore_mismatched_sizes=True,
+            trust_remote_code=trust,
         )
 
 
@@ -118,11 +136,13 @@ def load_encoder_decoder(auto_class: type, model_cfg: Mapping[str, Any], **confi
             f"'tie_encoder_decoder'; got {sorted(spec)}"
         )
     tokenizer = load_tokenizer(model_cfg)
+    trust = remote_code(model_cfg)
     overrides = dict(model_cfg.get("config_overrides") or {})
     side_cfgs = {}
     for side in ("encoder", "decoder"):
         with hub_errors(f"{side} config", spec[side], _fix(spec[side])):
-            side_cfgs[side] = AutoConfig.from_pretrained(spec[side], revision=model_cfg.get("revision"), **overrides)
+            side_cfgs[side] = AutoConfig.from_pretrained(spec[side], revision=model_cfg.get("revision"),
+                                                         trust_remote_code=trust, **overrides)
     config = EncoderDecoderConfig.from_encoder_decoder_configs(
         side_cfgs["encoder"], side_cfgs["decoder"], tie_encoder_decoder=bool(spec.get("tie_encoder_decoder")), **config_kwargs
     )
@@ -132,6 +152,7 @@ def load_encoder_decoder(auto_class: type, model_cfg: Mapping[str, Any], **confi
         with hub_errors("model", f"{spec['encoder']} + {spec['decoder']}", _fix(spec["encoder"])):
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(
                 spec["encoder"], spec["decoder"], encoder_config=config.encoder, decoder_config=config.decoder,
+                encoder_trust_remote_code=trust, decoder_trust_remote_code=trust,
                 tie_encoder_decoder=config.tie_encoder_decoder, **config_kwargs,
             )
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id

@@ -2,6 +2,9 @@
 
     python -m tunelab.predict runs/bbc-news-minilm-full/<time> new.csv [--output preds.csv]
     tunelab-predict <run dir> <data file> [--text-column TEXT] [--label-column LABEL]
+
+The run folder is read as data: only tunelab's own classes are built from its config.yaml and
+model/tunelab.json, and a model that runs its repository's code needs --trust-remote-code.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from typing import Any
 import datasets
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from tunelab.data.sources import load
 from tunelab.errors import TunelabError, find_tunelab_error
-from tunelab.exported import EXPORT_INFO, is_run_folder, read_export_info
+from tunelab.exported import EXPORT_INFO, check_weights, is_run_folder, read_export_info
 from tunelab.io import atomic_write_json
-from tunelab.models import load_tokenizer
+from tunelab.models import load_tokenizer, remote_code
 from tunelab.run_folder import RunFolder
+from tunelab.trusted import OPTIMIZER, TASK, check_remote_code, read_config
 
 log = logging.getLogger("tunelab.predict")
 
@@ -35,15 +38,19 @@ def predict(
     columns: dict[str, str | None] | None = None,
     encoding: str = "utf-8",
     batch_size: int | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Predict ``data_file`` with the model exported in ``run_dir``; returns metrics (if labelled)
-    and the output paths. ``columns`` overrides the run's data column names, e.g. ``{"text_column": "body"}``."""
+    and the output paths. ``columns`` overrides the run's data column names, e.g. ``{"text_column": "body"}``.
+    ``trust_remote_code`` allows a model whose config sets ``trust_remote_code: true``."""
     folder = RunFolder(run_dir)
     if not is_run_folder(folder.path):
         raise TunelabError(f"{run_dir} is not a finished run folder (config.yaml and model/{EXPORT_INFO} are needed)")
-    cfg = OmegaConf.load(folder.config)
+    cfg = read_config(folder.config, {"task": TASK, "optimizer": OPTIMIZER})
     info = read_export_info(folder.model_dir)
-    tokenizer = load_tokenizer({"name_or_path": str(folder.model_dir)})
+    check_remote_code(info.get("model"), folder.model_dir / EXPORT_INFO, trust_remote_code, "--trust-remote-code")
+    check_weights(folder.model_dir, info)
+    tokenizer = load_tokenizer({"name_or_path": str(folder.model_dir), "trust_remote_code": remote_code(info["model"])})
 
     source = load(path="", data_files={"test": str(data_file)}, encoding=encoding)
     make_datamodule = instantiate(cfg.task.data, _partial_=True, _recursive_=False)
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answers-column", help="QA runs: SQuAD answers column, if it differs (metrics when present)")
     parser.add_argument("--encoding", default="utf-8", help="text encoding of the data file")
     parser.add_argument("--batch-size", type=int, help="examples per batch")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="load a model that runs its repository's own Python code (model.trust_remote_code=true)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     datasets.disable_progress_bars()
@@ -103,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
              "question_column", "context_column", "answers_column")
     columns = {name: getattr(args, name) for name in names if getattr(args, name)}
     try:
-        result = predict(args.run_dir, args.data_file, args.output, columns, args.encoding, args.batch_size)
+        result = predict(args.run_dir, args.data_file, args.output, columns, args.encoding, args.batch_size,
+                         args.trust_remote_code)
     except Exception as err:
         cause = find_tunelab_error(err)
         if cause is None:

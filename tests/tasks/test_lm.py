@@ -104,7 +104,7 @@ def test_clm_predict_scores_each_row_like_plain_transformers(clm_run: tuple[Path
 def test_mlm_export_reloads_and_predicts_deterministically(mlm_run: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, metrics = mlm_run
     exported = AutoModelForMaskedLM.from_pretrained(run_dir / "model")
-    best = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    best = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     for name, value in exported.state_dict().items():
         assert torch.equal(value, best[f"model.{name}"]), name
     data = write_lines(tmp_path / "new.txt", lm_lines(40, seed=6))

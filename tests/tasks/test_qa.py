@@ -87,7 +87,7 @@ def test_tunelab_predict_writes_one_answer_per_row(qa_run: tuple[Path, dict], tm
     for answer, start, context in zip(written["answer"], written["answer_start"], written["context"], strict=True):
         assert context[start : start + len(answer)] == answer
     exact = 100 * sum(a == r["answers"]["text"][0] for a, r in zip(written["answer"], rows, strict=True)) / len(rows)
-    assert result["metrics"]["exact_match"] == pytest.approx(exact)
+    assert result["metrics"]["exact_match"] == exact  # float64 end to end: the official script's percentage
     assert exact > 60
     unlabelled = write_rows([{"question": r["question"], "context": r["context"]} for r in rows], tmp_path / "u.jsonl")
     assert predict_main([str(out), str(unlabelled), "-o", str(tmp_path / "u.csv")]) == 0

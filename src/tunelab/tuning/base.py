@@ -45,4 +45,6 @@ class TuningStrategy:
 
     def load_pretrained(self, auto_class: type, model_cfg: Mapping[str, Any], path: Path, **config_kwargs: Any) -> nn.Module:
         """Load what ``save`` wrote (``model_cfg`` names the base model, for strategies that need it)."""
-        return auto_class.from_pretrained(path)
+        from tunelab.models import remote_code
+
+        return auto_class.from_pretrained(path, trust_remote_code=remote_code(model_cfg))

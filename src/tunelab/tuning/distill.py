@@ -3,8 +3,9 @@
     loss = alpha * task_loss + (1 - alpha) * T^2 * KL(p_teacher^T || p_student^T)
 
 where ``p^T = softmax(logits / T)``. The teacher is a finished tunelab run folder (loaded the way
-that run's tuning strategy saved it, so a LoRA teacher works) or any Hugging Face model name/path
-with the same labels. It stays frozen and in eval mode; the student is tuned by ``student``
+that run's tuning strategy saved it, so a LoRA teacher works; checked like any run folder, see
+``tunelab.trusted``) or any Hugging Face model name/path with the same labels (never running its
+repository's code). It stays frozen and in eval mode; the student is tuned by ``student``
 (full, lora, ...), which also decides how the student is saved.
 """
 
@@ -77,7 +78,7 @@ class Distill(TuningStrategy):
         if is_run_folder(self.teacher_name):
             return load_run_model(self.teacher_name)
         with hub_errors("teacher model", self.teacher_name, "Set tuning.teacher to a run folder or a local model path."):
-            return auto_class_of(student).from_pretrained(self.teacher_name)
+            return auto_class_of(student).from_pretrained(self.teacher_name, trust_remote_code=False)
 
     def apply(self, model: PreTrainedModel) -> nn.Module:
         teacher = self._load_teacher(model)
