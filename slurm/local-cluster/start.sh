@@ -28,6 +28,7 @@ if [ ! -S /run/munge/munge.socket.2 ] || ! munge -n >/dev/null 2>&1; then
   [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; }
   chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
   runuser -u munge -- /usr/sbin/munged --force
+  touch "$DIR/munged.started"   # stop.sh stops munged only then
   for _ in $(seq 50); do munge -n >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 

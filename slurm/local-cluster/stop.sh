@@ -15,5 +15,9 @@ for _ in $(seq 50); do
   [ $alive = 0 ] && break
   sleep 0.2
 done
+if [ -f "$DIR/munged.started" ]; then  # start.sh started munged: stop it (one that ran before is left alone)
+  runuser -u munge -- /usr/sbin/munged --stop >/dev/null 2>&1 || true
+  rm -f "$DIR/munged.started"
+fi
 rm -rf "$DIR/state" "$DIR/spool"
 echo "local Slurm cluster stopped"

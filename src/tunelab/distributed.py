@@ -2,12 +2,14 @@
 
 Lightning does the distributed work (``SLURMEnvironment`` reads ranks from Slurm, DDP/FSDP; the requeue on
 SIGUSR1 is ``tunelab.requeue``); this module checks before training that the Slurm job is laid out the way the trainer
-config expects, because a mismatch (``srun`` missing, tasks per node != devices) hangs or fails late.
+config expects, because a mismatch (``srun`` missing, tasks per node != devices) hangs or fails late, and that the job
+can be requeued in time (signal, time limit, ``--requeue``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -25,6 +27,8 @@ from tunelab.tuning.parts import find_blocks
 log = logging.getLogger(__name__)
 
 MIN_SIGNAL_LEAD_S = 30  # seconds a checkpoint of a large model may need before Slurm kills the job
+DEFAULT_SIGNAL_LEAD_S = 60  # Slurm's lead for a --signal without @<seconds>
+SIGNAL_MARGIN_S = 60  # time limit beyond the signal lead: start-up and some training before the signal
 
 
 def _tasks_per_node(env: Mapping[str, str]) -> int | None:
@@ -36,26 +40,59 @@ def _tasks_per_node(env: Mapping[str, str]) -> int | None:
     return counts.pop() if len(counts) == 1 else None
 
 
-def batch_script(job_id: str) -> str | None:
-    """The job's batch script (``scontrol write batch_script``), or ``None`` where it cannot be read."""
+def _scontrol(*args: str) -> str | None:
+    """What ``scontrol <args>`` prints, or ``None`` where it cannot run or fails."""
     try:
-        proc = subprocess.run(["scontrol", "write", "batch_script", job_id, "-"], capture_output=True, text=True,
-                              timeout=15, check=False)
+        proc = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout if proc.returncode == 0 else None
 
 
-def signal_problems(env: Mapping[str, str], script: str | None) -> list[str]:
-    """Why Lightning's auto-requeue would not get the chance to checkpoint (empty list: it will)."""
+def batch_script(job_id: str) -> str | None:
+    """The job's batch script (``scontrol write batch_script``), or ``None`` where it cannot be read."""
+    return _scontrol("write", "batch_script", job_id, "-")
+
+
+def parse_job(text: str) -> dict[str, str]:
+    """The fields of the first job record that ``scontrol show job`` printed (``Requeue``, ``TimeLimit``, ...)."""
+    record = text.strip().split("\n\n", 1)[0]
+    return dict(re.findall(r"(?<!\S)([A-Za-z][\w/:]*)=(\S*)", record))
+
+
+def job_settings(job_id: str) -> dict[str, str] | None:
+    """The job's settings as Slurm holds them (``scontrol show job``: the ``sbatch`` command line and
+    ``SBATCH_*`` variables override the script's ``#SBATCH`` lines), or ``None`` where they cannot be read."""
+    text = _scontrol("show", "job", job_id)
+    return parse_job(text) if text else None
+
+
+def time_limit_s(value: str | None) -> int | None:
+    """Seconds of a ``TimeLimit`` as ``scontrol`` prints it (``1-00:00:00``, ``00:02:00``); ``None`` when
+    ``UNLIMITED`` or unknown."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)", value or "")
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def signal_problems(env: Mapping[str, str], script: str | None, time_limit: int | None = None) -> list[str]:
+    """Why the requeue (``tunelab.requeue``) would not get the chance to checkpoint (empty list: it will).
+
+    The signal is the one of ``SBATCH_SIGNAL`` (set at submission), else the script's last ``#SBATCH --signal``:
+    Slurm does not show a job its ``--signal`` (neither ``scontrol show job`` nor the job's environment has
+    it), so one given on the ``sbatch`` command line cannot be checked. ``time_limit`` (seconds): the job's.
+    """
     specs = re.findall(r"^#SBATCH\s+--signal[=\s]+(\S+)", script or "", flags=re.MULTILINE)
     spec = env.get("SBATCH_SIGNAL") or (specs[-1] if specs else None)
     wanted = signal.Signals.SIGUSR1.name.removeprefix("SIG")
     if spec is None:
         if script is None:
             return []  # cannot tell (e.g. --signal given on the sbatch command line and the script unreadable)
-        return ["no signal before the time limit or preemption: add `#SBATCH --signal=SIGUSR1@90` so that Lightning "
-                "saves a checkpoint and requeues the job (and `#SBATCH --requeue`)"]
+        return ["no signal before the time limit or preemption: add `#SBATCH --signal=SIGUSR1@90` so that the run "
+                "saves a checkpoint and requeues the job (and `#SBATCH --requeue`); a `--signal` given on the sbatch "
+                "command line is not visible to the job, so this check cannot see it"]
     match = re.fullmatch(r"(?:(R|B|RB|BR):)?(?:SIG)?(\w+?)(?:@(\d+))?", spec.strip())
     if not match:
         return [f"cannot read `--signal={spec}`; use `#SBATCH --signal=SIGUSR1@90`"]
@@ -65,12 +102,28 @@ def signal_problems(env: Mapping[str, str], script: str | None) -> list[str]:
         problems.append(f"`--signal={spec}` signals only the batch shell, not the training processes that srun "
                         "starts: drop the `B:` (`#SBATCH --signal=SIGUSR1@90`)")
     if name not in (wanted, str(int(signal.SIGUSR1))):
-        problems.append(f"`--signal={spec}` sends SIG{name}, but Lightning requeues on SIGUSR1: use "
+        problems.append(f"`--signal={spec}` sends SIG{name}, but the run requeues on SIGUSR1: use "
                         "`#SBATCH --signal=SIGUSR1@90`")
-    if lead is not None and int(lead) < MIN_SIGNAL_LEAD_S:
-        problems.append(f"`--signal={spec}` leaves {lead} s to save a checkpoint; give at least "
+    lead_s = int(lead) if lead is not None else DEFAULT_SIGNAL_LEAD_S
+    if lead_s < MIN_SIGNAL_LEAD_S:
+        problems.append(f"`--signal={spec}` leaves {lead_s} s to save a checkpoint; give at least "
                         f"{MIN_SIGNAL_LEAD_S} s (`#SBATCH --signal=SIGUSR1@90`)")
+    if time_limit is not None and time_limit <= lead_s + SIGNAL_MARGIN_S:
+        problems.append(f"the job's time limit ({time_limit} s) is not above the {lead_s} s lead of `--signal={spec}` "
+                        f"plus {SIGNAL_MARGIN_S} s: the requeue signal comes during start-up or the first steps, so "
+                        f"every attempt requeues (or ends) with little or no training done; give `#SBATCH --time` "
+                        f"at least {math.ceil((lead_s + SIGNAL_MARGIN_S + 1) / 60)} minutes")
     return problems
+
+
+def requeue_problem(env: Mapping[str, str], script: str | None, job: Mapping[str, str]) -> str | None:
+    """Why the job cannot be requeued, or ``None``: its ``Requeue`` flag where Slurm shows it (the command line
+    and cluster default included), else the script's ``#SBATCH --requeue`` (or ``SBATCH_REQUEUE``)."""
+    if "Requeue" in job:
+        return "Slurm shows Requeue=0: `--no-requeue`, or the cluster's JobRequeue=0" if job["Requeue"] == "0" else None
+    if script is None or "SBATCH_REQUEUE" in env or re.search(r"^#SBATCH\s+--requeue\b", script, flags=re.MULTILINE):
+        return None
+    return "no `#SBATCH --requeue` in the script"
 
 
 def _as_int(value: Any) -> int | None:
@@ -81,13 +134,15 @@ def _as_int(value: Any) -> int | None:
 
 
 def preflight(trainer_cfg: Mapping[str, Any], env: Mapping[str, str] | None = None,
-              script: str | None = None) -> list[str]:
+              script: str | None = None, job: Mapping[str, str] | None = None) -> list[str]:
     """Check a run under Slurm before it starts; returns warnings, raises ``ConfigError`` for layouts
     that would hang or fail (each problem names the sbatch line or config key to change).
 
     Checks: launched through ``srun``; tasks per node == ``trainer.devices``; nodes ==
-    ``trainer.num_nodes``; a ``--signal`` that reaches the training processes early enough
-    (warning); ``--requeue`` (warning). Outside Slurm, or in an interactive allocation (job name
+    ``trainer.num_nodes``; a ``--signal`` that reaches the training processes early enough, and a time
+    limit above its lead (warning); ``--requeue`` (warning). ``script`` (the batch script) and ``job``
+    (``job_settings``) are read from Slurm when not given; the job's ``Requeue`` and ``TimeLimit`` are the
+    ones in effect, whatever the script says. Outside Slurm, or in an interactive allocation (job name
     ``bash``/``interactive``, which Lightning also leaves alone), nothing is checked.
     """
     env = os.environ if env is None else env
@@ -116,11 +171,12 @@ def preflight(trainer_cfg: Mapping[str, Any], env: Mapping[str, str] | None = No
         raise ConfigError("Slurm job and trainer config disagree (the run would hang or fail):\n  - "
                           + "\n  - ".join(errors))
     script = script if script is not None else batch_script(job_id)
-    warnings = signal_problems(env, script)
-    if script is not None and not re.search(r"^#SBATCH\s+--requeue\b", script, flags=re.MULTILINE) \
-            and "SBATCH_REQUEUE" not in env:
-        warnings.append("the job is not requeueable: add `#SBATCH --requeue`, or Lightning's `scontrol requeue` "
-                        "on SIGUSR1 fails and a preempted run stops")
+    job = job if job is not None else job_settings(job_id) or {}
+    warnings = signal_problems(env, script, time_limit_s(job.get("TimeLimit")))
+    problem = requeue_problem(env, script, job)
+    if problem:
+        warnings.append(f"the job is not requeueable ({problem}): add `#SBATCH --requeue` and submit without "
+                        "`--no-requeue`, or the `scontrol requeue` on SIGUSR1 fails and a preempted run stops")
     return warnings
 
 

@@ -7,10 +7,14 @@ checkpoints also leave out the random states, so dropout masks after a resume di
 uninterrupted run. ``ResumeCallback`` replaces both (``train.py`` turns Lightning's handling off with
 ``SLURMEnvironment(auto_requeue=False)``):
 
-- under Slurm, SIGUSR1 only sets a flag; at the next ``on_train_batch_start`` (the previous batch is
-  complete and its LR scheduler step done) all ranks agree on it (a rank that got the signal a little
-  later still saves at the same step), save the hpc checkpoint where Lightning saves it (so a resume
-  finds it), rank 0 runs ``scontrol requeue`` and training stops with ``Requeued``;
+- under Slurm, SIGUSR1 only sets a flag (``tunelab.slurm_signal``, caught from process start to exit, so a
+  signal during imports, data loading, test or export does not end the process); at the next
+  ``on_train_batch_start`` (the previous batch is complete and its LR scheduler step done; a signal that came
+  before training: the first batch) all ranks agree on it (a rank that got the signal a little later still
+  saves at the same step), save the hpc checkpoint where Lightning saves it (so a resume finds it), rank 0
+  logs the requeue and calls ``before_requeue`` (``train.py``: ``status.json`` says ``requeued``) and only
+  then runs ``scontrol requeue``, since Slurm ends the job's processes as soon as it accepts the requeue;
+  training stops with ``Requeued``;
 - every checkpoint it is part of carries the torch/numpy/python (and CUDA) random states of every rank;
   a checkpoint saved at a batch start restores them at the first batch start of the resumed run (the
   same point of the computation), any other (end of epoch) when it is loaded.
@@ -23,15 +27,18 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+from tunelab import slurm_signal
+from tunelab.slurm_signal import slurm_managed as slurm_managed  # re-exported: train.py imports it from here
 
 log = logging.getLogger(__name__)
 
@@ -55,37 +62,23 @@ def slurm_job_id(env: Any = None) -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
-def slurm_managed() -> bool:
-    """Whether Slurm started this process (``srun`` in a batch job; not an interactive allocation)."""
-    return SLURMEnvironment.detect()
-
-
 class ResumeCallback(L.Callback):
-    """See the module docstring. ``requeue_signal=None`` disables the Slurm part (RNG states only)."""
+    """See the module docstring. ``requeue_signal=None`` disables the Slurm part (RNG states only);
+    ``before_requeue(message)`` runs on rank 0 after the requeue checkpoint is saved, before ``scontrol requeue``."""
 
-    def __init__(self, requeue_signal: signal.Signals | None = signal.SIGUSR1):
+    def __init__(self, requeue_signal: signal.Signals | None = slurm_signal.REQUEUE_SIGNAL,
+                 before_requeue: Callable[[str], None] | None = None):
         self.requeue_signal = requeue_signal
-        self.signalled = False
-        self._previous_handler: Any = None
-        self._installed = False
+        self.before_requeue = before_requeue
         self._rank, self._world = 0, 1
         self._pending_rng: dict[str, Any] | None = None
         self._saving_at_batch_start = False
 
     # --- the requeue signal ------------------------------------------------------------------------
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.signalled = True  # only a flag: the checkpoint waits for the next batch boundary
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._rank, self._world = trainer.global_rank, trainer.world_size
-        if stage == "fit" and self.requeue_signal is not None and not self._installed:
-            self._previous_handler = signal.signal(self.requeue_signal, self._on_signal)
-            self._installed = True
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._installed:
-            signal.signal(self.requeue_signal, self._previous_handler or signal.SIG_DFL)
-            self._installed = False
+        if stage == "fit" and self.requeue_signal is not None:
+            slurm_signal.catch(self.requeue_signal)  # cli.train catches it at process start; kept until exit
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Resume mid-epoch at the right batch. Lightning builds the training iterator before it restores
@@ -109,10 +102,10 @@ class ResumeCallback(L.Callback):
         if self._pending_rng is not None:  # resumed from a batch-start checkpoint: continue its random streams
             _set_rng_states(self._pending_rng)
             self._pending_rng = None
-        if not self._installed:
+        if self.requeue_signal is None:
             return
         # A collective on every batch (one boolean): ranks that got the signal at different times agree here.
-        if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+        if not trainer.strategy.reduce_boolean_decision(slurm_signal.received(), all=False):
             return
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
         self._saving_at_batch_start = True
@@ -123,10 +116,17 @@ class ResumeCallback(L.Callback):
         for logger in trainer.loggers:
             logger.save()
         trainer.strategy.barrier("tunelab-requeue")  # every rank's part of the checkpoint is written
-        step = trainer.global_step
+        slurm_signal.clear()
+        saved = f"requeue signal: saved {path} at step {trainer.global_step}"
+        message = f"{saved}; the requeued job resumes from it"
         if trainer.is_global_zero:
-            requeue_job()
-        raise Requeued(f"requeue signal: saved {path} at step {step}; the requeued job resumes from it")
+            # Slurm ends this process soon after it accepts `scontrol requeue`: log and record the requeue first.
+            log.info("%s", message)
+            if self.before_requeue is not None:
+                self.before_requeue(message)
+            if not requeue_job():
+                message = f"{saved}, but the job is not requeued: resubmit the same command to resume from it"
+        raise Requeued(message)
 
     # --- random states -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -173,15 +173,20 @@ def _native(states: dict[str, Any]) -> dict[str, Any]:
     return states
 
 
-def requeue_job() -> None:
-    """``scontrol requeue`` this job (array jobs: this task)."""
+def requeue_job() -> bool:
+    """``scontrol requeue`` this job (array jobs: this task); returns whether Slurm accepted it."""
     job_id = slurm_job_id()
     if not job_id or not re.fullmatch(r"[0-9_]+", job_id):
         log.warning("requeue signal outside a Slurm batch job (SLURM_JOB_ID=%r): not requeueing", job_id)
-        return
-    proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, check=False)
+        return False
+    try:
+        proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("`scontrol requeue %s` could not run (%s)", job_id, err)
+        return False
     if proc.returncode == 0:
         log.info("Requeued Slurm job %s", job_id)
-    else:
-        log.warning("`scontrol requeue %s` failed (%s): is the job submitted with --requeue?", job_id,
-                    (proc.stderr or proc.stdout).strip())
+        return True
+    log.warning("`scontrol requeue %s` failed (%s): is the job submitted with --requeue?", job_id,
+                (proc.stderr or proc.stdout).strip())
+    return False

@@ -1,5 +1,7 @@
 """On a real two-node Slurm cluster (slurm/local-cluster/start.sh): multi-node DDP through the project's
-sbatch template, preemption + requeue + resume, a sweep and an Optuna search through the submitit launcher.
+sbatch template, preemption + requeue + resume, the time-limit signal of a short job (requeued, status.json
+written first), the preflight reading the job's own settings, a sweep and an Optuna search through the
+submitit launcher.
 
 Skipped unless ``SLURM_CONF`` points at a running cluster; with ``TUNELAB_REQUIRE_SLURM=1`` (``.ci/run``, which
 starts the cluster) they fail instead.
@@ -22,6 +24,7 @@ import torch
 import yaml
 
 from tests.conftest import tiny_overrides
+from tunelab.distributed import parse_job
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slurm
@@ -54,7 +57,7 @@ def sbatch(env: dict[str, str], *args: str) -> str:
 
 def job_info(job: str, env: dict[str, str]) -> dict[str, str]:
     proc = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True, timeout=30, check=False)
-    return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+    return parse_job(proc.stdout)
 
 
 def wait_done(job: str, env: dict[str, str], timeout: float) -> dict[str, str]:
@@ -143,6 +146,50 @@ def test_preempted_job_resumes_its_run_and_matches_an_uninterrupted_one(
     assert resumed["val"] == pytest.approx(straight["val"], rel=1e-6, abs=1e-7)
     assert resumed["test"] == pytest.approx(straight["test"], rel=1e-6, abs=1e-7)
     assert not list(run.glob("hpc_ckpt_*.ckpt"))
+
+
+SHORT_JOB = ["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]
+
+
+def test_time_limit_signal_of_a_short_job_requeues_it_and_says_so_first(
+        slurm_env: dict[str, str], tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
+    """`--time=2` against the template's `--signal=SIGUSR1@90`: Slurm signals ~30 s in, while the job starts up
+    or trains (before: the signal could come before the handler and kill the job). The preflight warns about
+    the time limit; the run checkpoints at a batch start, writes status.json `requeued` and then requeues. The
+    test cancels the requeued job instead of waiting for its restart (the resume is the test above)."""
+    overrides = [*tiny_overrides(tiny_bert, learnable_csv, "trainer.max_epochs=300", "progress=plain"),
+                 f"paths.root_dir={tmp_path / 'runs'}", "run_id=short"]
+    job = sbatch(slurm_env, *SHORT_JOB, "--time=2", f"--output={tmp_path}/%j.out", "slurm/train.sbatch", *overrides)
+    run = tmp_path / "runs" / "csv-tiny-test-full" / "short"
+    deadline = time.monotonic() + 240
+    try:
+        while (info := job_info(job, slurm_env)).get("Restarts") != "1":
+            assert info.get("JobState") not in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"), info
+            assert time.monotonic() < deadline, info
+            time.sleep(1)
+    finally:
+        subprocess.run(["scancel", job], env=slurm_env, check=False, timeout=30)
+    out = (tmp_path / f"{job}.out").read_text()
+    assert "the job's time limit (120 s) is not above the 90 s lead of `--signal=SIGUSR1@90`" in out, out[-4000:]
+    assert re.search(r"requeue signal: saved .*hpc_ckpt_1\.ckpt at step \d+", out), out[-4000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "requeued" and "hpc_ckpt_1.ckpt" in status["reason"], status
+    assert (run / "hpc_ckpt_1.ckpt").is_file()
+
+
+def test_preflight_reads_the_jobs_own_settings(slurm_env: dict[str, str], tiny_bert: Path, learnable_csv: Path,
+                                               tmp_path: Path) -> None:
+    """`sbatch --no-requeue` overrides the template's `#SBATCH --requeue`: the preflight reads Requeue=0 from
+    `scontrol show job` (before: it read only the script, and said nothing). `resume=must` with no checkpoint
+    then stops the run right after the preflight."""
+    job = sbatch(slurm_env, *SHORT_JOB, "--time=3", "--no-requeue", "--signal=B:USR2@10", f"--output={tmp_path}/%j.out",
+                 "slurm/train.sbatch", *tiny_overrides(tiny_bert, learnable_csv), f"paths.root_dir={tmp_path / 'runs'}",
+                 "resume=must")
+    info = wait_done(job, slurm_env, timeout=300)
+    out = (tmp_path / f"{job}.out").read_text()
+    assert info["JobState"] == "FAILED" and "resume=must" in out, out[-4000:]
+    assert info["Requeue"] == "0"
+    assert "Slurm preflight: the job is not requeueable (Slurm shows Requeue=0: `--no-requeue`" in out, out[-4000:]
 
 
 def test_sweep_through_the_submitit_launcher(slurm_env: dict[str, str], tiny_bert: Path, learnable_csv: Path,
