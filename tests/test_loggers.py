@@ -44,3 +44,14 @@ def test_csv_log_continues_across_attempts(tmp_path: Path) -> None:
     assert frame["step"].tolist() == list(range(12))
     assert frame["train/loss"].tolist() == [10.0 - s for s in range(6)] + [100.0 + s for s in range(6, 12)]
     assert frame["val/acc"].isna().sum() == 6
+
+
+def test_wandb_logger_passes_no_anonymous_setting(tmp_path: Path) -> None:
+    """wandb >= 0.19 warns on every run that `anonymous` has no effect; Lightning always passes it."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from tunelab.loggers import QuietWandbLogger
+
+    assert "anonymous" in WandbLogger(save_dir=str(tmp_path), offline=True)._wandb_init
+    assert "anonymous" not in QuietWandbLogger(save_dir=str(tmp_path), offline=True)._wandb_init
+    assert QuietWandbLogger(save_dir=str(tmp_path), anonymous=True)._wandb_init["anonymous"] == "allow"

@@ -4,33 +4,95 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
+from tunelab import slurm_signal
 from tunelab.config import CONFIG_DIR
 from tunelab.errors import find_tunelab_error
 
 log = logging.getLogger("tunelab")
 
+# Loggers whose INFO lines are for the user (Hydra: the jobs of a multirun); everything else shows
+# its warnings and errors on the console and the rest in train.log only.
+CONSOLE_INFO_LOGGERS = ("tunelab", "hydra", "hydra_plugins", "__main__")
+# Deprecations inside the libraries, about their own code: nothing a user can change.
+KNOWN_DEPRECATIONS = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),  # Lightning 2.6 on torch >= 2.10
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),  # peft 0.21 wrapping a transformers 5 model
+)
+
+
+class ConsoleFilter(logging.Filter):
+    """What the console shows of a run's log (``train.log`` keeps every line): INFO and above from
+    ``CONSOLE_INFO_LOGGERS``, warnings and errors from the other libraries, each of their messages once
+    (Lightning repeats some, e.g. its ``srun`` hint and "Restoring states" before validate and test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] in CONSOLE_INFO_LOGGERS:
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        message = record.getMessage()
+        if message in self._shown:
+            return False
+        self._shown.add(message)
+        return True
+
+
+class _DropLitLoggerTip(logging.Filter):
+    """Lightning advertises its cloud logger at every Trainer construction."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` as one log line (``logging.captureWarnings`` adds the source line and a blank one)."""
+    logging.getLogger("py.warnings").warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+
 
 def quiet_libraries() -> None:
+    """Route the libraries' output through the run's logging (Hydra's console and ``train.log``) once,
+    without their own handlers, ads, font-cache notes, known deprecations and progress bars in logs."""
+    # torchmetrics imports pyplot, and matplotlib notes (re)building its font cache; tunelab-train draws nothing
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
+    for message, category in KNOWN_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    warnings.showwarning = _log_warning  # the remaining warnings go to train.log as well
+
     import datasets
+    import huggingface_hub
+    import lightning  # noqa: F401  # attaches its own console handler on import: removed below
     import transformers
 
     transformers.logging.set_verbosity_error()
-    for name in ("lightning.pytorch", "lightning.fabric"):  # Hydra's handlers already print these
-        logging.getLogger(name).handlers.clear()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # Hydra's handlers print these
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLitLoggerTip())
     if not sys.stdout.isatty():
         datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train(cfg: DictConfig) -> float | None:
     """``python train.py [group=option ...] [key=value ...]``; returns the monitored metric."""
+    slurm_signal.catch_if_slurm()  # first: Slurm's SIGUSR1 during the imports and data loading must not end the job
+    quiet_libraries()
     from tunelab.train import run
 
-    quiet_libraries()
     try:
         metrics = run(cfg)
     except Exception as err:

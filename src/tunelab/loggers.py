@@ -1,13 +1,17 @@
-"""Loggers that survive a resumed run (requeue, crash + ``resume=auto``)."""
+"""Loggers that survive a resumed run (requeue, crash + ``resume=auto``), and the run's results in W&B."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from tunelab.results.collect import flatten_metrics
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -44,3 +48,24 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class QuietWandbLogger(WandbLogger):
+    """``WandbLogger`` without the ``anonymous=None`` it always passes, which wandb >= 0.19 answers on every
+    run with a warning that the setting has no effect."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+
+@rank_zero_only
+def log_summary(loggers: Iterable[Logger], metrics: dict[str, Any]) -> None:
+    """Put every number of ``metrics.json`` into the summary of the W&B run, under the keys that
+    ``tunelab-results`` reads from run folders (``val/macro_f1``, ``test_mismatched/accuracy``,
+    ``params/trainable_pct``, ``train/train_time_s``, ...), so that ``--from-wandb`` builds the same tables."""
+    summary = flatten_metrics(metrics)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(summary)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from tests.results import record_wandb
 from tunelab.results import wandb_runs
 from tunelab.results.aggregate import build_table, split_problems
 from tunelab.results.cli import main
@@ -36,10 +38,10 @@ class RecordedRun:
 
 
 class RecordedApi:
-    """``wandb.Api()`` answering from the recording."""
+    """``wandb.Api()`` answering from a recording (by default ``wandb_runs.json``)."""
 
-    def __init__(self) -> None:
-        self.recorded = json.loads(RECORDED.read_text())
+    def __init__(self, recorded: dict[str, Any] | None = None) -> None:
+        self.recorded = recorded or json.loads(RECORDED.read_text())
 
     def runs(self, path: str) -> list[RecordedRun]:
         assert path == self.recorded["path"]
@@ -64,7 +66,7 @@ def test_finished_run_without_final_metrics_is_incomplete() -> None:
     api = RecordedApi()
     api.recorded["runs"][0]["summary"] = {"val/accuracy": 0.7}
     record = collect_wandb("alice/tunelab", api=api)[0]
-    assert (record.status, record.note) == (INCOMPLETE, "state finished, no final/ metrics in the summary")
+    assert (record.status, record.note) == (INCOMPLETE, "state finished, no test metrics in the summary")
 
 
 def test_same_tables_and_curves_as_the_run_folders(sweep: Path) -> None:
@@ -98,3 +100,49 @@ def test_unreachable_server_is_a_clear_error() -> None:
 
     with pytest.raises(ResultsError, match=r"could not list the W&B runs of alice/tunelab: api\.wandb\.ai: Name or service"):
         collect_wandb("alice/tunelab", api=Offline())
+
+
+# The README's ablation columns, plus the best checkpoint's validation and a second test set
+ABLATION = ["test/accuracy", "test/macro_f1", "params/trainable_pct", "train/train_time_s", "train/peak_rss_mb",
+            "val/macro_f1", "test_shifted/accuracy"]
+
+
+def assert_wandb_matches_folders(recorded: dict[str, Any], tmp_path: Path) -> None:
+    """Every number of each run's metrics.json comes back from its W&B run under the same key, and
+    ``tunelab-results`` writes the same files from W&B as from the run folders."""
+    root = record_wandb.write_folders(recorded, tmp_path / "runs")
+    folders = {Path(r.source).name: r for r in collect([root])}
+    runs = {r.source.rsplit("/", 1)[1]: r for r in collect_wandb(recorded["path"], api=RecordedApi(recorded))}
+    assert set(runs) == set(folders)
+    for run_id, folder in folders.items():
+        assert runs[run_id].status == folder.status == COMPLETED
+        assert {k: runs[run_id].metrics.get(k) for k in folder.metrics} == folder.metrics, run_id
+        assert set(ABLATION) <= set(folder.metrics)
+
+    args = ["--rows", "tuning.name", "--metric", *ABLATION]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wandb_runs, "wandb_api", lambda: RecordedApi(recorded))
+        assert main(["--from-wandb", recorded["path"], *args, "--out", str(tmp_path / "wandb")]) == 0
+    assert main([str(root), *args, "--out", str(tmp_path / "folders")]) == 0
+    for name in ("table.tex", "table.csv", "efficiency.csv", "curves.csv"):
+        assert (tmp_path / "wandb" / name).read_text() == (tmp_path / "folders" / name).read_text(), name
+
+
+def test_recorded_offline_runs_give_the_run_folders_tables(tmp_path: Path) -> None:
+    """On real offline W&B runs (recorded by ``record_wandb``): the full metrics.json comes back,
+    extra test sets and train statistics included, where ``final/*`` gave only the test metrics."""
+    recorded = json.loads(record_wandb.FIXTURE.read_text())
+    assert len(recorded["runs"]) == len(record_wandb.RUNS)
+    assert_wandb_matches_folders(recorded, tmp_path)
+
+
+def test_offline_recording_end_to_end(tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real tiny run with ``logger=wandb``: its offline W&B run's summary holds its metrics.json.
+    ``TUNELAB_RECORD_WANDB=1`` records all of ``record_wandb.RUNS`` and rewrites the fixture."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rerecord = bool(os.environ.get("TUNELAB_RECORD_WANDB"))
+    recorded = record_wandb.record(tiny_bert, tmp_path / "work", record_wandb.RUNS if rerecord else record_wandb.RUNS[:1])
+    assert_wandb_matches_folders(recorded, tmp_path)
+    if rerecord:
+        record_wandb.FIXTURE.write_text(json.dumps(recorded, indent=1) + "\n", encoding="utf-8")

@@ -1,9 +1,12 @@
 """W&B runs -> records, so that tables can be built without the run folders.
 
 tunelab's W&B runs hold the flat resolved config (``"task.name"``, ``"seed"``, ``"run_dir"``) plus
-``params/*`` in ``run.config``, and the test metrics of the best checkpoint as ``final/<metric>`` in
-``run.summary``. Only these attributes of a public-API run are read: ``id``, ``state``, ``config``,
-``summary``, ``group``, ``job_type``, ``tags`` and ``scan_history()``.
+``params/*`` in ``run.config``, and in ``run.summary`` every number of the run's ``metrics.json`` under
+the keys the run-folder collector gives them (``val/macro_f1``, ``test_mismatched/accuracy``,
+``params/trainable_pct``, ``train/train_time_s``: see ``tunelab.loggers.log_summary``). Runs logged
+before that hold only the test metrics, as ``final/<metric>``, and the last logged values. Only these
+attributes of a public-API run are read: ``id``, ``state``, ``config``, ``summary``, ``group``,
+``job_type``, ``tags`` and ``scan_history()``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import pandas as pd
 from tunelab.results.records import COMPLETED, FAILED, INCOMPLETE, Record, ResultsError, flatten, is_number
 
 STATES = {"finished": COMPLETED, "crashed": FAILED, "failed": FAILED, "killed": FAILED}
-SUMMARY_SECTIONS = ("val/", "test/", "train/")
+# The sections of metrics.json (test_<name>: further test sets), as summary key prefixes
+SUMMARY_SECTIONS = ("val/", "test/", "test_", "params/", "train/", "data/", "distributed/")
 
 
 def wandb_api() -> Any:
@@ -40,20 +44,22 @@ def collect_wandb(path: str, api: Any = None) -> list[Record]:
 
 
 def wandb_record(run: Any, source: str) -> Record:
-    """One W&B run as a record: ``final/<m>`` -> ``test/<m>``, config ``params/*`` -> metrics."""
+    """One W&B run as a record: the summary's ``metrics.json`` sections as they are, config ``params/*``
+    and, for older runs, ``final/<m>`` -> ``test/<m>``."""
     config = {k: v for k, v in flatten(dict(run.config)).items() if not k.startswith("_")}
     metrics = {k: float(config.pop(k)) for k in list(config) if k.startswith("params/") and is_number(config[k])}
     for key, value in ("group", run.group), ("job_type", run.job_type), ("tags", tuple(run.tags or ())):
         config.setdefault(key, value)
 
     summary = dict(run.summary.items())
-    metrics.update({k: float(v) for k, v in summary.items() if k.startswith(SUMMARY_SECTIONS) and is_number(v)})
-    final = {f"test/{k.removeprefix('final/')}": float(v) for k, v in summary.items() if k.startswith("final/") and is_number(v)}
-    metrics.update(final)
+    metrics.update({k: float(v) for k, v in summary.items() if k.startswith(SUMMARY_SECTIONS) and "/" in k and is_number(v)})
+    for key, value in summary.items():
+        if key.startswith("final/") and is_number(value):
+            metrics.setdefault(f"test/{key.removeprefix('final/')}", float(value))
 
     status = STATES.get(run.state, INCOMPLETE)
-    if status == COMPLETED and not final:
-        status, note = INCOMPLETE, "state finished, no final/ metrics in the summary"
+    if status == COMPLETED and not any(k.startswith("test/") for k in metrics):
+        status, note = INCOMPLETE, "state finished, no test metrics in the summary"
     else:
         note = "" if status == COMPLETED else f"state {run.state}"
     return Record(source=source, config=config, metrics=metrics, status=status, note=note, history=lambda: history(run))
