@@ -45,3 +45,28 @@ def test_two_rank_ddp_test_metrics_equal_single_process(tiny_bert: Path, tmp_pat
     single = {k.removeprefix("test/"): v for k, v in single.items()}
     assert single.keys() == metrics["test"].keys()
     assert metrics["test"] == pytest.approx(single, rel=1e-5, abs=1e-6)
+
+
+def test_ddp_with_one_process_batches_as_a_single_process_run(tiny_bert: Path, tmp_path: Path) -> None:
+    """trainer=ddp with one process (the sbatch template's 1x1 default) keeps tunelab's length-grouped
+    batches (Lightning would swap in its shuffling sampler): the same padding, updates and metrics as the
+    default trainer."""
+    from tunelab.train import run
+
+    data = tmp_path / "train.csv"
+    make_rows(313, seed=3).to_csv(data, index=False)
+    # Dropout off: Lightning's DDP re-seeds the random streams at set-up, so masks differ from a single process.
+    overrides = tiny_overrides(tiny_bert, data, "trainer.max_epochs=2", "logger=none",
+                               "+model.config_overrides.hidden_dropout_prob=0", "+model.config_overrides.attention_probs_dropout_prob=0")
+    run_dir = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29534")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, "trainer=ddp", "trainer.devices=1",
+                           "trainer.num_nodes=1", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ddp = json.loads((run_dir / "metrics.json").read_text())
+    single = run(compose_train(tmp_path / "single", *overrides))
+    assert ddp["distributed"]["strategy"] == "DDPStrategy" and ddp["distributed"]["world_size"] == 1
+    assert ddp["train"]["padding_efficiency"] == single["train"]["padding_efficiency"]
+    assert ddp["val"] == pytest.approx(single["val"], rel=1e-5) and ddp["test"] == pytest.approx(single["test"], rel=1e-5)

@@ -86,7 +86,7 @@ def test_requeued_and_crashed_run_resumes_to_the_same_weights(finished_run: tupl
             run(compose_train(out, *overrides, "+callbacks.signal._target_=tests.test_run_identity.SignalAt",
                               "+callbacks.signal.step=40"))
     assert json.loads((out / "status.json").read_text())["status"] == "requeued"
-    hpc = torch.load(out / "hpc_ckpt_1.ckpt", weights_only=False)
+    hpc = torch.load(out / "hpc_ckpt_1.ckpt", weights_only=True)
     assert hpc["global_step"] == 41 and hpc["epoch"] == 1  # mid-epoch
     assert len(hpc["callbacks"]["ResumeCallback"]["rng_states"]) == 1
 
@@ -98,8 +98,13 @@ def test_requeued_and_crashed_run_resumes_to_the_same_weights(finished_run: tupl
 
     resumed = run(compose_train(out, *overrides))  # resume=auto: the newest checkpoint, last.ckpt of epoch 1
     assert resumed["train"]["steps"] == uninterrupted["train"]["steps"]
-    final = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    expected = torch.load(finished / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    # The counters cover the whole run, not only the last attempt: 41 + 19 steps up to last.ckpt, then 120.
+    assert resumed["train"]["train_samples"] == uninterrupted["train"]["train_samples"] == 6 * 480
+    assert [a["train_samples"] for a in resumed["train"]["attempts"]] == [41 * 16, 480 * 2 - 41 * 16, 480 * 4]
+    assert resumed["train"]["padding_efficiency"] == pytest.approx(uninterrupted["train"]["padding_efficiency"])
+    assert resumed["distributed"]["ranks"][0]["train_samples"] == 6 * 480
+    final = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    expected = torch.load(finished / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert final.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
@@ -122,7 +127,7 @@ def test_resume_finds_the_newest_checkpoint_file_or_sharded_folder(tmp_path: Pat
     assert resume_checkpoint(tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
-    last.write_bytes(b"x")
+    torch.save({"epoch": 1}, last)
     assert resume_checkpoint(tmp_path) == last
     hpc = tmp_path / "hpc_ckpt_1.ckpt"  # FSDP state_dict_type=sharded: a folder of per-rank shards
     hpc.mkdir()
@@ -130,3 +135,63 @@ def test_resume_finds_the_newest_checkpoint_file_or_sharded_folder(tmp_path: Pat
     (hpc / "__0_0.distcp").write_bytes(b"x")
     os.utime(last, ns=(1, 1))
     assert resume_checkpoint(tmp_path) == hpc
+
+
+def test_new_data_gives_a_new_run_never_the_old_metrics(tiny_bert: Path, tmp_path: Path) -> None:
+    """Replacing the training csv by another file: the run id (and folder) change, so the old metrics do not
+    come back as 'already completed', nor does an unfinished run resume on other data."""
+    from tests.conftest import make_rows
+
+    data = tmp_path / "train.csv"
+    make_rows(300, seed=0).to_csv(data, index=False)
+    overrides = tiny_overrides(tiny_bert, data, "trainer.max_epochs=1")
+    first = compose_train(tmp_path / "a", *overrides).run_id
+    assert compose_train(tmp_path / "a", *overrides).run_id == first  # stable for the same bytes
+    os.utime(data, ns=(1, 1))
+    assert compose_train(tmp_path / "a", *overrides).run_id == first  # a copy's new mtime is the same data
+    make_rows(240, seed=5).to_csv(data, index=False)
+    assert compose_train(tmp_path / "a", *overrides).run_id != first
+
+
+def test_named_run_on_other_data_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_rows
+
+    data = tmp_path / "train.csv"
+    make_rows(300, seed=0).to_csv(data, index=False)
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_bert, data, "trainer.max_epochs=1", "run_id=my-run", "logger=none")
+    done = run(compose_train(out, *overrides))
+    recorded = json.loads((out / "data.json").read_text())["fingerprint"]
+    assert recorded[str(data)]["size"] == data.stat().st_size
+    make_rows(240, seed=5).to_csv(data, index=False)
+    with pytest.raises(ConfigError, match=rf"trained on other data.*{data}: \d+ -> {data.stat().st_size} bytes.*run_id"):
+        run(compose_train(out, *overrides))
+    assert json.loads((out / "metrics.json").read_text())["test"] == done["test"]  # the old result is untouched
+
+
+def test_damaged_last_checkpoint_falls_back_or_names_the_file(tiny_bert: Path, learnable_csv: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A truncated last.ckpt (disk full, killed copy): resume passes over it to an older loadable checkpoint,
+    or, with none, stops naming it and the command that continues from best.ckpt."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_bert, learnable_csv, "trainer.max_epochs=2", "logger=none")
+    with pytest.raises(RuntimeError, match="node failure"):  # dies in epoch 1, after epoch 0's checkpoints
+        run(compose_train(out, *overrides, "+callbacks.crash._target_=tests.test_run_identity.CrashAt",
+                          "+callbacks.crash.step=40"))
+    last = out / "checkpoints" / "last.ckpt"
+    older = out / "hpc_ckpt_1.ckpt"
+    older.write_bytes(last.read_bytes())
+    os.utime(older, ns=(1, 1))
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(last.read_bytes())
+    with caplog.at_level("WARNING"):
+        assert resume_checkpoint(out) == older
+    assert f"{last} (not a complete checkpoint" in caplog.text
+    older.unlink()
+    with pytest.raises(ConfigError, match=rf"no loadable checkpoint.*{last}.*ckpt_path={out / 'checkpoints' / 'best.ckpt'}"):
+        run(compose_train(out, *overrides))
+    metrics = run(compose_train(out, *overrides, f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}"))
+    assert metrics["train"]["steps"] == 2 * 30
+    with pytest.raises(ConfigError, match=r"ckpt_path=.*damaged.ckpt: not a complete checkpoint"):
+        run(compose_train(tmp_path / "other", *overrides, f"ckpt_path={damaged}"))

@@ -70,3 +70,52 @@ def test_same_seed_gives_identical_metrics(finished_run: tuple[Path, dict], tiny
     _, first = finished_run
     again = run(compose_train(tmp_path / "again", *tiny_overrides(tiny_bert, learnable_csv)))
     assert again["test"] == first["test"] and again["val"] == first["val"]
+
+
+def test_logger_none_trains_and_writes_metrics(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
+    """``logger=none`` (README): LearningRateMonitor needs a logger, so it is left out instead of crashing."""
+    out = tmp_path / "run"
+    metrics = run(compose_train(out, *tiny_overrides(tiny_bert, learnable_csv, "trainer.max_epochs=2", "logger=none")))
+    assert metrics["test"]["accuracy"] > 0 and not (out / "logs").exists()
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+
+
+def test_validation_off_trains_tests_and_exports_the_final_weights(tiny_bert: Path, learnable_csv: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = run(compose_train(out, *tiny_overrides(tiny_bert, learnable_csv, "trainer.limit_val_batches=0")))
+    assert metrics["val"] == {} and metrics["best_checkpoint"] is None
+    assert metrics["test"]["accuracy"] > 0.8 and metrics["train"]["steps"] == 6 * 30
+    assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "checkpoints" / "best.ckpt").exists()
+    # the export holds the final weights: the same test accuracy from plain transformers
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    rows = pd.read_csv(learnable_csv)
+    with torch.no_grad():
+        logits = model(**tokenizer(rows["text"].tolist()[:50], padding=True, return_tensors="pt")).logits
+    assert (logits.argmax(-1).numpy() == rows["label"].map({"alpha": 0, "beta": 1, "gamma": 2}).to_numpy()[:50]).mean() > 0.8
+
+
+@pytest.mark.parametrize("key", ["max_epochs", "max_steps"])
+def test_zero_epochs_or_steps_is_refused_not_exported(key: str, tiny_bert: Path, learnable_csv: Path,
+                                                      tmp_path: Path) -> None:
+    from tunelab.errors import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=rf"trainer.{key}=0 trains nothing.*train=false"):
+        run(compose_train(out, *tiny_overrides(tiny_bert, learnable_csv, f"trainer.{key}=0")))
+    assert not out.exists()
+
+
+def test_train_false_evaluates_the_model_or_a_checkpoint_without_training(
+        finished_run: tuple[Path, dict], tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
+    trained_dir, trained = finished_run
+    zero_shot = run(compose_train(tmp_path / "zero", *tiny_overrides(tiny_bert, learnable_csv, "train=false")))
+    assert zero_shot["train"]["trained"] is False and zero_shot["train"]["steps"] == 0
+    assert zero_shot["test"]["accuracy"] < 0.6  # an untrained head: about chance (1/3)
+    assert not (tmp_path / "zero" / "model").exists() and not (tmp_path / "zero" / "checkpoints").exists()
+    assert json.loads((tmp_path / "zero" / "status.json").read_text())["status"] == "completed"
+    best = trained_dir / "checkpoints" / "best.ckpt"
+    again = run(compose_train(tmp_path / "ckpt", *tiny_overrides(tiny_bert, learnable_csv, "train=false",
+                                                                  f"ckpt_path={best}")))
+    assert again["test"] == pytest.approx(trained["test"]) and again["val"] == pytest.approx(trained["val"])

@@ -13,13 +13,25 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from tunelab.trusted import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file and renames it: a crash never leaves half a file."""
+    """Writes a checkpoint to a temporary file and renames it: a crash never leaves half a file.
+    Reads one as data only: ``torch.load(weights_only=True)``, whatever Lightning asks for."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
+        """The checkpoint's tensors and plain data; one holding other pickled objects (which would run code
+        when unpickled) is refused with a TunelabError naming the file. Lightning passes ``weights_only=None``,
+        which means unpickling anything on torch < 2.6: tensors only, here, whatever it passes."""
+        if "://" in str(path):  # remote filesystems: Lightning's own reader
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return load_checkpoint(path, map_location)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
@@ -27,8 +39,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk: leave no half-written file behind
+            raise
 
 
 def _rss_mb() -> float | None:
@@ -79,14 +95,23 @@ class PeakMemory:
         return peak
 
 
+COUNTERS = ("train_samples", "real_tokens", "fed_tokens", "train_time_s", "fit_time_s")
+
+
 class TrainStats(L.Callback):
     """Training throughput: time spent in training steps (validation excluded), samples, tokens,
     and peak memory during fit.
 
+    The counters travel in every checkpoint, per rank, so a run resumed after a requeue or a crash
+    reports the whole run (the samples its weights were trained on, and the time they took) and,
+    under ``attempts``, what each attempt up to the checkpoint it was resumed from added.
     ``padding_efficiency`` is real tokens / tokens fed (attention-mask ones / its size).
     """
 
     def __init__(self) -> None:
+        self.earlier: list[dict[str, float]] = []  # the attempts before this one, as the checkpoint recorded them
+        self._rank, self._world = 0, 1
+        self._stage: str | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -94,8 +119,11 @@ class TrainStats(L.Callback):
         self.train_seconds = 0.0
         self.fit_seconds = 0.0
         self._t: float | None = None
-        self._fit_start = 0.0
+        self._fit_start: float | None = None
         self.memory = PeakMemory()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._rank, self._world, self._stage = trainer.global_rank, trainer.world_size, stage
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.reset()
@@ -103,7 +131,8 @@ class TrainStats(L.Callback):
         self._fit_start = time.perf_counter()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.fit_seconds = time.perf_counter() - self._fit_start
+        self.fit_seconds = time.perf_counter() - (self._fit_start or time.perf_counter())
+        self._fit_start = None
         self.memory.stop()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -133,16 +162,52 @@ class TrainStats(L.Callback):
         self.real_tokens += int(mask.sum())
         self.fed_tokens += mask.numel()
 
-    def summary(self) -> dict[str, float]:
-        seconds = max(self.train_seconds, 1e-9)
+    def current(self) -> dict[str, float]:
+        """This attempt's counters so far."""
+        running = time.perf_counter() - self._t if self._t is not None else 0.0
+        fit = self.fit_seconds or (time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0)
+        return {"train_samples": self.samples, "real_tokens": self.real_tokens, "fed_tokens": self.fed_tokens,
+                "train_time_s": round(self.train_seconds + running, 2), "fit_time_s": round(fit, 2)}
+
+    # --- carried in checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        mine = [*self.earlier, self.current()]
+        if self._world > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, mine)  # every rank saves (dump_checkpoint runs on all of them)
+        else:
+            gathered = [mine]
+        return {"attempts_per_rank": gathered}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._stage != "fit":
+            return  # validate/test(ckpt_path=...) restore callbacks too: they continue no training
+        per_rank = state_dict.get("attempts_per_rank") or []
+        if len(per_rank) != self._world:
+            log.warning("checkpoint has training counters of %d rank(s), this run has %d: counting from zero",
+                        len(per_rank), self._world)
+            return
+        self.earlier = [dict(a) for a in per_rank[self._rank]]
+
+    # --- the figures in metrics.json ----------------------------------------------------------------
+    @property
+    def total_samples(self) -> int:
+        """Training samples of the whole run on this rank (all attempts)."""
+        return int(sum(a["train_samples"] for a in self.earlier) + self.samples)
+
+    def summary(self) -> dict[str, Any]:
+        attempts = [*self.earlier, self.current()]
+        total = {key: sum(a[key] for a in attempts) for key in COUNTERS}
+        seconds = max(total["train_time_s"], 1e-9)
         return {
-            "fit_time_s": round(self.fit_seconds, 2),
-            "train_time_s": round(self.train_seconds, 2),
-            "train_samples": self.samples,
-            "samples_per_s": round(self.samples / seconds, 2),
-            "tokens_per_s": round(self.real_tokens / seconds, 1),
-            "padding_efficiency": round(self.real_tokens / max(self.fed_tokens, 1), 4),
+            "fit_time_s": round(total["fit_time_s"], 2),
+            "train_time_s": round(total["train_time_s"], 2),
+            "train_samples": int(total["train_samples"]),
+            "samples_per_s": round(total["train_samples"] / seconds, 2),
+            "tokens_per_s": round(total["real_tokens"] / seconds, 1),
+            "padding_efficiency": round(total["real_tokens"] / max(total["fed_tokens"], 1), 4),
             **{k: round(v, 1) for k, v in self.memory.summary().items()},
+            "attempts": [{k: a[k] for k in ("train_samples", "train_time_s", "fit_time_s")} for a in attempts],
         }
 
 

@@ -12,6 +12,12 @@ Resolvers (registered in ``tunelab.config``):
 - ``${run_folder:${run_id},${resume}}``: the folder name; ``resume=never`` appends the Slurm job id
   (or the time) so that a fresh run never reuses a folder.
 - ``${wandb_id:${paths.output_dir}}``: a W&B run id derived from the run folder.
+
+The hash also covers the *content* of the local data the task reads (``data_fingerprint``: sizes and
+SHA-256 of every file or folder named in ``task.data.source``), so replacing a training file gives a new
+run, never the old one's metrics. Hub datasets are identified by name, config and ``revision`` (pin a
+revision to make a run reproducible). A run named by hand (``run_id=...``) records its fingerprint in
+``data.json`` and refuses to resume or reuse a folder trained on other data (``check_same_data``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +53,81 @@ def config_hash(*, _root_: DictConfig) -> str:
     stable = OmegaConf.create(raw)
     content = {k: OmegaConf.to_container(stable[k], resolve=True) if OmegaConf.is_config(stable[k]) else stable[k]
                for k in stable if k not in VOLATILE_KEYS}
+    source = ((content.get("task") or {}).get("data") or {}).get("source")
+    content["data_fingerprint"] = fingerprint_digest(data_fingerprint(source))
     text = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: each file hashed once per process
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _path_fingerprint(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        return {"size": path.stat().st_size, "sha256": _file_sha256(path)}
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path).as_posix()}\0{_file_sha256(file)}\0".encode())
+    return {"files": len(files), "size": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
+
+
+def data_fingerprint(source: Any) -> dict[str, dict[str, Any]]:
+    """``{path: {size, sha256}}`` for every local file or folder named in a ``task.data.source`` config
+    (``data_files``, a corpus ``root``, ...). Paths that do not exist are left to the data loader's error."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key != "_target_":
+                    walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str) and node and ("/" in node or "." in node):
+            path = Path(node).expanduser()
+            if path.exists():
+                found[node] = _path_fingerprint(path)
+
+    walk(source)
+    return found
+
+
+def fingerprint_digest(fingerprint: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the run identity hashes: the content of the files, not where they are nor their times."""
+    return hashlib.sha256(json.dumps(sorted(v["sha256"] for v in fingerprint.values())).encode()).hexdigest()[:16]
+
+
+def check_same_data(run_dir: Path, fingerprint: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse to reuse or resume ``run_dir`` when its recorded data (``data.json``) differs from ``fingerprint``."""
+    try:
+        recorded = json.loads((run_dir / "data.json").read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return  # a folder from before fingerprints, or a fresh one
+    if fingerprint_digest(recorded) == fingerprint_digest(fingerprint):
+        return
+    changed = sorted(set(recorded) ^ set(fingerprint)) or sorted(
+        p for p in fingerprint if recorded.get(p, {}).get("sha256") != fingerprint[p]["sha256"])
+    details = "; ".join(
+        f"{p}: {recorded.get(p, {}).get('size', 'absent')} -> {fingerprint.get(p, {}).get('size', 'absent')} bytes"
+        for p in changed)
+    raise ConfigError(
+        f"run folder {run_dir} was trained on other data than task.data.source names now ({details}): "
+        f"its results and checkpoints do not belong to this data. Name a new run (run_id=<name>), or use "
+        f"resume=never to train afresh in a new folder")
 
 
 def run_folder(run_id: Any, resume: str) -> str:
@@ -66,12 +147,47 @@ def wandb_id(output_dir: str) -> str:
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a loadable checkpoint (truncated or corrupt file, empty shard folder), or ``None``.
+
+    ``torch.save`` writes a zip archive: a truncated file has no central directory and a damaged one fails
+    its CRCs, both found without unpickling anything.
+    """
+    if path.is_dir():
+        return None if any(path.iterdir()) else "an empty folder"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        return f"not a complete checkpoint ({err})"
+    return f"damaged entry {bad}" if bad else None
+
+
 def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint to resume from: ``hpc_ckpt_<n>.ckpt`` (saved on a Slurm requeue signal) or
-    ``checkpoints/last.ckpt``; ``None`` when the run has neither. Sharded (FSDP) checkpoints are folders."""
+    """The newest loadable checkpoint to resume from: ``hpc_ckpt_<n>.ckpt`` (saved on a Slurm requeue signal)
+    or ``checkpoints/last.ckpt``; ``None`` when the run has neither. Sharded (FSDP) checkpoints are folders.
+
+    A damaged newest checkpoint (truncated by a full disk or a killed copy) is passed over with a warning
+    for the next one; when none is loadable, a ``ConfigError`` names them and the command to continue.
+    """
     candidates = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
     existing = [p for p in candidates if p.is_file() or (p.is_dir() and any(p.iterdir()))]
-    return max(existing, key=lambda p: p.stat().st_mtime_ns) if existing else None
+    damaged = []
+    for path in sorted(existing, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if damaged:
+                log.warning("passing over damaged checkpoint(s) %s: resuming from %s instead",
+                            "; ".join(damaged), path)
+            return path
+        damaged.append(f"{path} ({problem})")
+    if not damaged:
+        return None
+    best = run_dir / "checkpoints" / "best.ckpt"
+    hint = (f"Continue from the best checkpoint with ckpt_path={best}, or delete" if best.is_file()
+            and checkpoint_problem(best) is None else "Delete")
+    raise ConfigError(f"no loadable checkpoint to resume {run_dir}: {'; '.join(damaged)}. {hint} the damaged "
+                      "file(s) to train from the start (or resume=never: a new folder)")
 
 
 def read_completed(run_dir: Path) -> dict[str, Any] | None:

@@ -5,7 +5,9 @@ Layout::
     <run_dir>/
       config.yaml          resolved config of the run
       environment.json     package versions, git commit, hardware, command line
-      status.json          running | completed | failed (+ error), updated atomically
+      data.json            size and SHA-256 of each local data file the run read (its identity covers them)
+      status.json          running | requeued | completed | failed (+ error), updated atomically
+      .lock                held by the one live process of the run (pid, host, Slurm job id inside)
       metrics.json         best validation and test metrics, parameter counts, throughput
       samples/<set>.jsonl  generation tasks: source, reference and output of each test example
       checkpoints/         best and last Lightning checkpoints
@@ -17,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import socket
@@ -27,10 +32,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 PACKAGES = (
     "tunelab", "torch", "lightning", "transformers", "tokenizers", "datasets", "torchmetrics",
@@ -78,6 +85,8 @@ def _cpu_model() -> str:
 
 
 def hardware() -> dict[str, Any]:
+    import torch  # here, so that reading run folders (tunelab-results) does not import torch
+
     info: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "cpu": _cpu_model(),
@@ -106,8 +115,23 @@ def environment() -> dict[str, Any]:
     }
 
 
+class RunFolderBusy(TunelabError):
+    """Another live process owns the run folder."""
+
+
+def owner() -> dict[str, Any]:
+    """Who this process is, as a lock file records it."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "since": _now()}
+
+
+def describe_owner(info: dict[str, Any]) -> str:
+    job = f", Slurm job {info['slurm_job_id']}" if info.get("slurm_job_id") else ""
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')}{job}, since {info.get('since', '?')}"
+
+
 class RunFolder:
-    """Writes the files of one run folder, each atomically."""
+    """Writes the files of one run folder, each atomically; ``lock()`` makes its process the only writer."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -117,15 +141,81 @@ class RunFolder:
     status_file = property(lambda self: self.path / "status.json")
     model_dir = property(lambda self: self.path / "model")
 
-    def create(self, cfg: DictConfig, resumed_from: str | None = None) -> None:
-        """Write config, environment and ``running`` status (a resumed run's attempt overwrites them)."""
+    def create(self, cfg: DictConfig, resumed_from: str | None = None, data: dict[str, Any] | None = None) -> None:
+        """Write config, environment, the data fingerprint (``data.json``, see ``tunelab.identity``) and
+        ``running`` status (a resumed run's attempt overwrites them)."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config, OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_json(self.path / "environment.json", environment())
+        atomic_write_json(self.path / "data.json", {"fingerprint": data or {}})
         self.set_status("running", **({"resumed_from": resumed_from} if resumed_from else {}))
 
+    lock_file = property(lambda self: self.path / ".lock")
+
+    @contextlib.contextmanager
+    def lock(self) -> Any:
+        """Hold the run folder for this process, or raise ``RunFolderBusy`` naming the live owner.
+
+        An advisory ``flock`` on ``.lock``: the kernel releases it when the process dies (``kill -9``, node
+        loss on a local disk), so a lock is never stale; the file's content names the owner for messages.
+        Yields the previous owner's record when that process ended without releasing it (crashed, killed,
+        out of disk), else ``None``.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            owner_info = _read_owner(fd)
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunFolderBusy(
+                f"run folder {self.path} is in use by {describe_owner(owner_info)}: the same config "
+                f"(run_id) is running there. Wait for it to finish (this command then returns its result), or "
+                f"start another run with run_id=<name> or resume=never"
+            ) from None
+        try:
+            previous = _read_owner(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(owner()) + "\n").encode(), 0)
+            yield previous or None
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # an empty lock file: nobody owns the folder
+            os.close(fd)  # releases the flock
+
+    def live_owner(self) -> dict[str, Any] | None:
+        """The record of the process that holds the lock now, or ``None`` (no live process)."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_owner(fd) or {}
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def set_status(self, status: str, **extra: Any) -> None:
-        atomic_write_json(self.status_file, {"status": status, "updated": _now(), **extra})
+        """Write ``status.json``; when the atomic write fails (disk full), overwrite the old file in place,
+        which needs no new blocks, so a failed run does not stay ``running``."""
+        record = {"status": status, "updated": _now(), **extra}
+        try:
+            atomic_write_json(self.status_file, record)
+        except OSError as err:
+            text = json.dumps(record, default=str) + "\n"
+            try:
+                with self.status_file.open("r+", encoding="utf-8") as f:
+                    f.write(text)
+                    f.truncate()
+            except OSError:
+                log.error("could not write status '%s' to %s: %s", status, self.status_file, err)
+                raise err from None
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write_json(self.metrics, metrics)
@@ -135,6 +225,16 @@ class RunFolder:
                           "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
     def status(self) -> str | None:
-        if not self.status_file.exists():
+        """The recorded status, or ``None`` when there is none (or it cannot be read)."""
+        try:
+            return json.loads(self.status_file.read_text())["status"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return json.loads(self.status_file.read_text())["status"]
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        text = os.pread(fd, 4096, 0).decode()
+        return json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return {}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,20 +16,32 @@ import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.callbacks import AtomicCheckpointIO, TrainStats, progress_callbacks
+from tunelab.config_checks import check_against_model, check_config
 from tunelab.data.base import TaskDataModule
 from tunelab.distributed import build_strategy, check_strategy, gathered_state_dict, preflight, rank_info
 from tunelab.errors import ConfigError, unwrapped_errors
+from tunelab.hardware import hardware_overrides
 from tunelab.hub import check_hub
-from tunelab.identity import read_completed, resume_checkpoint
+from tunelab.identity import (
+    check_same_data,
+    checkpoint_problem,
+    data_fingerprint,
+    read_completed,
+    resume_checkpoint,
+)
 from tunelab.io import atomic_write_dir
+from tunelab.loggers import log_summary
+from tunelab.model_card import write_model_card
 from tunelab.models import load_tokenizer
 from tunelab.requeue import Requeued, ResumeCallback, slurm_managed
-from tunelab.run_folder import RunFolder
+from tunelab.run_folder import RunFolder, describe_owner, environment
 from tunelab.tasks.base import TaskModule
+from tunelab.trusted import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +82,35 @@ def build_module(cfg: DictConfig, datamodule: TaskDataModule, **overrides: Any) 
         )
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], module: TaskModule | None = None) -> L.Trainer:
-    """The Lightning Trainer from ``trainer/``, ``callbacks/`` and ``logger/`` configs; an FSDP
-    strategy wraps ``module``'s transformer blocks (see ``tunelab.distributed.build_strategy``)."""
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + callbacks
-    progress, show_bar = progress_callbacks(cfg.progress, cfg.trainer.get("log_every_n_steps") or 50)
+def validation_off(cfg: DictConfig) -> bool:
+    """``trainer.limit_val_batches=0``: train without validation, then test the final weights."""
+    limit = cfg.trainer.get("limit_val_batches")
+    return limit is not None and float(limit) == 0
+
+
+def _callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+    """The ``callbacks/`` configs, less those that cannot work in this run: without validation nothing
+    selects a best checkpoint or stops early (``last.ckpt`` still saves every epoch); without a logger
+    there is nowhere to log learning rates."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if validation_off(cfg):
+        built = [c for c in built if not isinstance(c, EarlyStopping)
+                 and not (isinstance(c, ModelCheckpoint) and c.monitor is not None)]
+    if not has_logger:
+        built = [c for c in built if not isinstance(c, LearningRateMonitor)]
+    return built
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], module: TaskModule | None = None,
+                  before_requeue: Callable[[str], None] | None = None) -> L.Trainer:
+    """The Lightning Trainer from ``trainer/``, ``callbacks/`` and ``logger/`` configs on this machine's
+    hardware (``tunelab.hardware``); an FSDP strategy wraps ``module``'s transformer blocks (see
+    ``tunelab.distributed.build_strategy``)."""
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = _callbacks(cfg, has_logger=bool(loggers)) + callbacks
+    progress, show_bar = progress_callbacks(cfg.progress, cfg.trainer.get("log_every_n_steps") or 50)
     strategy = cfg.trainer.get("strategy", "auto")
     if module is not None:
         strategy = build_strategy(strategy, module.model)
@@ -82,6 +120,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], module: TaskModu
     if slurm:
         plugins.append(SLURMEnvironment(auto_requeue=False))
     resume = ResumeCallback(requeue_signal=signal.SIGUSR1 if slurm else None)
+    resume.before_requeue = before_requeue  # runs before `scontrol requeue`, which ends the job's processes
     return instantiate(
         cfg.trainer,
         strategy=strategy,
@@ -90,6 +129,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], module: TaskModu
         enable_progress_bar=show_bar,
         plugins=plugins,
         default_root_dir=cfg.paths.output_dir,
+        **hardware_overrides(cfg.trainer),
     )
 
 
@@ -98,9 +138,15 @@ def _split_metrics(results: dict[str, float], prefix: str) -> dict[str, float]:
 
 
 def resume_from(cfg: DictConfig, folder: RunFolder) -> str | None:
-    """The checkpoint to start from: ``ckpt_path``, else (``resume=auto|must``) the run folder's newest."""
+    """The checkpoint to start from: ``ckpt_path``, else (``resume=auto|must``) the run folder's newest
+    loadable one."""
     if cfg.get("ckpt_path"):
+        problem = checkpoint_problem(Path(cfg.ckpt_path)) if Path(cfg.ckpt_path).exists() else "no such file"
+        if problem:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: {problem}")
         return str(cfg.ckpt_path)
+    if not cfg.get("train", True):
+        return None  # evaluation only: nothing to resume
     resume = cfg.get("resume", "auto")
     found = resume_checkpoint(folder.path) if resume != "never" else None
     if found is None and resume == "must":
@@ -109,38 +155,67 @@ def resume_from(cfg: DictConfig, folder: RunFolder) -> str | None:
     return str(found) if found else None
 
 
+def check_train_mode(cfg: DictConfig) -> None:
+    """``train=false`` evaluates without training; a training run that would take no step is refused,
+    rather than exporting untrained weights as if they were tuned."""
+    if not cfg.get("train", True):
+        return
+    for key in ("max_epochs", "max_steps"):
+        if cfg.trainer.get(key) == 0:
+            raise ConfigError(
+                f"trainer.{key}=0 trains nothing, and the run would export untrained weights as its result. "
+                "For an evaluation-only run (a zero-shot baseline, or a checkpoint with ckpt_path=...) use train=false")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune, evaluate the best checkpoint, export; returns what ``metrics.json`` holds.
 
     The run folder follows from the config (``run_id``): with ``resume=auto`` a run that completed
-    there is not trained again, and an unfinished one resumes from its newest checkpoint.
+    there is not trained again, and an unfinished one resumes from its newest checkpoint. One process
+    at a time owns the folder (``RunFolder.lock``); a second one on it stops at once, naming the first.
     """
+    check_config(cfg)  # values and keys, before any work
     folder = RunFolder(cfg.paths.output_dir)
     check_strategy(cfg.trainer)
+    check_train_mode(cfg)
     for warning in preflight(cfg.trainer):
         if rank_zero_only.rank == 0:
             log.warning("Slurm preflight: %s", warning)
-    done = read_completed(folder.path) if cfg.get("resume", "auto") != "never" else None
+    with folder.lock() if rank_zero_only.rank == 0 else contextlib.nullcontext() as previous:
+        return _run_locked(cfg, folder, previous)
+
+
+def _run_locked(cfg: DictConfig, folder: RunFolder, previous_owner: dict[str, Any] | None) -> dict[str, Any]:
+    fingerprint = data_fingerprint(OmegaConf.to_container(cfg.task.data.get("source") or {}, resolve=True))
+    reuse = cfg.get("resume", "auto") != "never"
+    if reuse:
+        check_same_data(folder.path, fingerprint)
+    done = read_completed(folder.path) if reuse else None
     if done is not None:
         if rank_zero_only.rank == 0:
             log.info("run %s already completed: not training it again (its metrics.json is the result). "
                      "resume=never trains it afresh in a new folder.", folder.path)
         return done
+    if rank_zero_only.rank == 0 and previous_owner and folder.status() == "running":
+        log.warning("the previous attempt on %s (%s) ended without recording how (killed, or out of disk space)",
+                    folder.path, describe_owner(previous_owner))
     ckpt_path = resume_from(cfg, folder)
-    if ckpt_path and rank_zero_only.rank == 0:
+    if ckpt_path and cfg.get("train", True) and rank_zero_only.rank == 0:
         log.info("resuming %s from %s", folder.path, ckpt_path)
     if rank_zero_only.rank == 0:
-        folder.create(cfg, resumed_from=ckpt_path)
+        folder.create(cfg, resumed_from=ckpt_path, data=fingerprint)
     try:
         metrics = _fit_and_test(cfg, folder, ckpt_path)
     except Requeued as requeued:
-        if rank_zero_only.rank == 0:
-            log.info("%s", requeued)
+        if rank_zero_only.rank == 0:  # written before `scontrol requeue` already; this keeps its final reason
             folder.set_status("requeued", reason=requeued.message)
         raise
     except BaseException as err:
         if rank_zero_only.rank == 0:
-            folder.set_status("failed", error=f"{type(err).__name__}: {err}")
+            try:
+                folder.set_status("failed", error=f"{type(err).__name__}: {err}")
+            except OSError as status_err:  # e.g. disk full: the original error is the one to report
+                log.error("could not record the failure in %s: %s", folder.status_file, status_err)
         raise
     if rank_zero_only.rank == 0:
         for hpc in folder.path.glob("hpc_ckpt_*.ckpt"):  # requeue checkpoints: last.ckpt supersedes them
@@ -154,6 +229,7 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
     L.seed_everything(cfg.seed, workers=True)
 
     tokenizer = load_tokenizer(cfg.model)
+    check_against_model(cfg, tokenizer)  # lengths within the model's positions
     datamodule = build_datamodule(cfg, tokenizer)
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
@@ -163,22 +239,33 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
     )
 
     stats = TrainStats()
-    trainer = build_trainer(cfg, [stats], module)
+    trainer = build_trainer(cfg, [stats], module,
+                            before_requeue=lambda message: folder.set_status("requeued", reason=message))
     for logger in trainer.loggers:
         logger.log_hyperparams({**flat_config(cfg), "run_dir": str(folder.path), **{f"params/{k}": v for k, v in params.items()}})
 
+    training = bool(cfg.get("train", True))
     succeeded = False
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        best = best or None  # None: evaluate the weights in memory
+        if training:
+            if ckpt_path and isinstance(trainer.strategy, FSDPStrategy) and Path(ckpt_path).is_file():
+                load_checkpoint(ckpt_path)  # FSDP reads a full checkpoint with its own unpickler: refuse unsafe files first
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            best = None if validation_off(cfg) else best or None  # None: evaluate the weights in memory
+        else:  # evaluation only: the model as loaded, or the checkpoint given as ckpt_path
+            log.info("train=false: evaluating %s without training", ckpt_path or "the model as loaded")
+            best = ckpt_path
         started = time.perf_counter()
-        val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+        if validation_off(cfg):
+            log.info("validation is off (trainer.limit_val_batches=0): testing the final weights")
+            val = {}
+        else:
+            val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
         tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
                   for k, v in results.items()}
         eval_seconds = time.perf_counter() - started
-        ranks = rank_info(stats.samples)  # a collective: every rank calls it
+        ranks = rank_info(stats.total_samples)  # a collective: every rank calls it
 
         metrics = {
             "run_name": cfg.run_name,
@@ -191,23 +278,31 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
             **{name: _split_metrics({k: v for k, v in tested.items() if k.startswith(f"{name}/")}, name)
                for name in datamodule.test_splits},
             "params": params,
-            "train": {**stats.summary(), "epochs": trainer.current_epoch, "steps": trainer.global_step,
-                      "eval_time_s": round(eval_seconds, 2)},
+            "train": {**(stats.summary() if training else {"trained": False}), "epochs": trainer.current_epoch,
+                      "steps": trainer.global_step, "eval_time_s": round(eval_seconds, 2)},
             "data": {split: len(ds) for split, ds in datamodule.examples.items()},
             "device": str(trainer.strategy.root_device),
+            "precision": str(trainer.precision),
             "distributed": {"world_size": trainer.world_size, "num_nodes": trainer.num_nodes,
                             "strategy": type(trainer.strategy).__name__, "ranks": ranks},
             "torch_threads": torch.get_num_threads(),
         }
-        weights = gathered_state_dict(trainer)  # FSDP: the shards gathered to rank 0 (every rank takes part)
+        weights = gathered_state_dict(trainer) if training else None  # FSDP: the shards gathered to rank 0
         if trainer.is_global_zero:
-            exported = module if weights is None else unsharded_copy(cfg, datamodule, weights)
-            atomic_write_dir(folder.model_dir, lambda path: exported.save_pretrained(path, tokenizer))
+            if training:  # an evaluation-only run exports nothing: its model is the one it loaded
+                exported = module if weights is None else unsharded_copy(cfg, datamodule, weights)
+
+                def export(path: Path) -> None:
+                    exported.save_pretrained(path, tokenizer)
+                    write_model_card(path, cfg, metrics, environment())
+
+                atomic_write_dir(folder.model_dir, export)
             for name, rows in module.test_samples.items():
                 folder.write_samples(name, rows)
             folder.write_metrics(metrics)
             for logger in trainer.loggers:
                 logger.log_metrics({f"final/{k}": v for k, v in metrics["test"].items()}, step=trainer.global_step)
+            log_summary(trainer.loggers, metrics)
             log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if "/" not in k))
             log.info("run folder: %s", folder.path)
         succeeded = True
