@@ -118,6 +118,8 @@ def test_every_task_instantiates_and_trains_a_step(task: str, tiny_bert: Path, t
         extra = [f"task.data.source.data_files.train={path}"]
     else:
         extra = []
+    if task == "imdb":
+        extra.append("task.data.max_length=128")  # the tiny BERT has 128 positions (512 is refused up front)
     cfg = compose_train(tmp_path / "run", f"task={task}", "model=tiny", f"model.name_or_path={tiny_bert}", *SHORT, *extra)
     metrics = run(cfg)
     assert metrics["train"]["steps"] == 2

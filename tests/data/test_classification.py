@@ -53,7 +53,8 @@ def test_label_outside_declared_set_names_rows_and_values(tokenizer, tmp_path: P
     with pytest.raises(DataError) as err:
         datamodule(tokenizer, path, labels=["alpha", "beta", "gamma"]).setup("fit")
     message = str(err.value)
-    assert "2 rows" in message and "rows 4, 17" in message and "['delta']" in message
+    # frame rows 4 and 17: data rows 5 and 18 of the csv, after its header line
+    assert "2 rows" in message and "data rows 5, 18 (file lines 6, 19) with values ['delta']" in message
     assert "['alpha', 'beta', 'gamma'] (task.data.labels)" in message and str(path) in message
 
 
@@ -87,7 +88,9 @@ def test_empty_text_dropped_with_count_or_error(tokenizer, tmp_path: Path, caplo
     dm.setup("fit")
     assert sum(len(d) for d in dm.examples.values()) == 28
     assert "dropped 2 rows with empty text from split 'train'" in caplog.text
-    with pytest.raises(DataError, match=r"2 rows with empty text in split 'train' .*rows 3, 8 .*empty_text=drop"):
+    assert "data rows 4, 9 (file lines 5, 10)" in caplog.text  # frame rows 3 and 8
+    with pytest.raises(DataError, match=r"2 rows with empty text in split 'train' .*: data rows 4, 9 \(file lines 5, 10\) "
+                                        r"\(set task.data.empty_text=drop"):
         datamodule(tokenizer, path, empty_text="error").setup("fit")
 
 

@@ -108,7 +108,9 @@ def test_answer_not_at_its_start_is_an_error_or_dropped(tokenizer, tmp_path: Pat
     rows[4]["answers"]["answer_start"][0] += 2
     rows[7]["answers"]["text"][0] = "paris"
     path = write_rows(rows, tmp_path / "qa.jsonl")
-    with pytest.raises(DataError, match=r"2 rows .* not in the context at its answer_start .*rows 4, 7.*bad_answers=drop"):
+    # rows 4 and 7 of the list: lines 5 and 8 of the jsonl file
+    with pytest.raises(DataError, match=r"2 rows .* not in the context at its answer_start .*: lines 5, 8; e\.g\. line 5: "
+                                        r".*bad_answers=drop"):
         datamodule(tokenizer, path, max_length=64, stride=16).setup("fit")
     dm = datamodule(tokenizer, path, max_length=64, stride=16, val_size=2, test_size=2, bad_answers="drop")
     dm.setup("fit")
@@ -118,7 +120,7 @@ def test_answer_not_at_its_start_is_an_error_or_dropped(tokenizer, tmp_path: Pat
 def test_questions_without_answer_need_allow_no_answer(tokenizer, tmp_path: Path) -> None:
     rows = capital_rows(12, no_answer_every=5)  # rows 0, 5, 10
     path = write_rows(rows, tmp_path / "qa.jsonl")
-    with pytest.raises(DataError, match=r"3 rows .* no answer in 'answers': rows 0, 5, 10; set task.data.allow_no_answer=true"):
+    with pytest.raises(DataError, match=r"3 rows .* no answer in 'answers': lines 1, 6, 11; set task.data.allow_no_answer=true"):
         datamodule(tokenizer, path, max_length=64, stride=16).setup("fit")
     dm = datamodule(tokenizer, path, max_length=64, stride=16, allow_no_answer=True, val_size=6, test_size=1)
     dm.setup("fit")
@@ -133,7 +135,8 @@ def test_malformed_answers_and_bad_settings(tokenizer, tmp_path: Path) -> None:
     frame.loc[2, "answers"] = "{not json"
     path = tmp_path / "qa.csv"
     frame.to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"1 rows .* malformed answers in 'answers' \(task.data.answers_column\): rows 2"):
+    with pytest.raises(DataError, match=r"1 rows .* malformed answers in 'answers' \(task.data.answers_column\): "
+                                        r"data row 3 \(file line 4\);"):
         datamodule(tokenizer, path, max_length=64, stride=16).setup("fit")
     with pytest.raises(ConfigError, match=r"task.data.stride \(64\) must be >= 0 and below task.data.max_length"):
         datamodule(tokenizer, path, max_length=64, stride=64)

@@ -62,7 +62,7 @@ def test_missing_column_and_empty_rows(tiny_t5: Path, tmp_path: Path) -> None:  
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match=r"column 'summary' \(task.data.target_column\) not found .*\['source', 'target'\]"):
         datamodule(tiny_t5, path, target_column="summary").setup("fit")
-    with pytest.raises(DataError, match=r"2 rows with an empty source or target .*rows 3, 7"):
+    with pytest.raises(DataError, match=r"2 rows with an empty source or target .*: data rows 4, 8 \(file lines 5, 9\)"):
         datamodule(tiny_t5, path, empty_text="error").setup("fit")
     dm = datamodule(tiny_t5, path)
     dm.setup("fit")

@@ -74,12 +74,35 @@ def test_bad_requests_exit_2_with_one_message(sweep: Path, tmp_path: Path, capsy
     assert f"tunelab-results: error: {message}" in capsys.readouterr().err
 
 
-def test_malformed_metrics_json_exits_2_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_metrics_json_is_listed_and_the_table_made(sweep: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """One malformed metrics.json used to abort the whole table (exit 2); now it is listed with the excluded runs."""
+    bad = sweep / "multirun" / "2_full"
+    (bad / "metrics.json").write_text('{"test": ')
+    out = tmp_path / "out"
+    assert main([str(sweep), "--rows", ROWS, "--no-plots", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    reason = f"{bad / 'metrics.json'} is malformed JSON: Expecting value: line 1 column 10 (char 9)"
+    assert f"excluded (unreadable): {bad}: {reason}" in printed
+    assert "| full | 5e-05 | 0.8400 ± 0.0566 (n=2) |" in printed  # seeds 1 and 3 of full
+    assert f"- unreadable: `{bad}` ({reason})" in (out / "table.md").read_text()
+
+
+def test_strict_stops_at_a_malformed_metrics_json_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = write_run(tmp_path / "runs", "run")
     (run / "metrics.json").write_text('{"test": ')
-    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(tmp_path / "runs"), "--strict", "--out", str(tmp_path / "out")]) == 2
     assert f"tunelab-results: error: {run / 'metrics.json'} is malformed JSON: Expecting value: line 1 column 10" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2  # listed, then nothing left to tabulate
+    assert "tunelab-results: error: no completed runs to tabulate (1 excluded, listed above)" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_named(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.write_text("a file, not a directory")  # was a FileExistsError traceback
+    assert main([str(sweep), "--rows", ROWS, "--no-plots", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"tunelab-results: error: {out}: File exists\n"
 
 
 def test_source_is_required(capsys: pytest.CaptureFixture[str]) -> None:

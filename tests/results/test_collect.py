@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.results.runfolders import write_run
 from tunelab.results.collect import collect, find_run_folders, load_run_folder
-from tunelab.results.records import COMPLETED, FAILED, INCOMPLETE, ResultsError
+from tunelab.results.records import COMPLETED, FAILED, INCOMPLETE, UNREADABLE, ResultsError
 
 
 def test_finds_run_folders_but_not_the_config_files_inside_them(sweep: Path) -> None:
@@ -59,6 +60,60 @@ def test_malformed_metrics_json_names_the_file_and_the_error(tmp_path: Path) -> 
     (run / "metrics.json").write_text('{"test": {"accuracy": 0.9,}}')
     with pytest.raises(ResultsError, match=r"/run/metrics\.json is malformed JSON: Expecting property name .*line 1 column 27"):
         load_run_folder(run)
+
+
+@pytest.mark.parametrize(("file", "content", "why"), [
+    ("metrics.json", '{"test": {"accuracy": 0.9,}}', "is malformed JSON: Expecting property name"),
+    ("metrics.json", "[0.9]", "does not hold a JSON object"),
+    ("status.json", "", "is malformed JSON: Expecting value"),
+    ("config.yaml", "a: [", "is malformed YAML"),
+])
+def test_an_unreadable_run_is_listed_with_the_reason_and_the_others_collected(sweep: Path, file: str, content: str,
+                                                                              why: str) -> None:
+    """One malformed file used to abort the whole collection; now that run is 'unreadable' (or, strict, an error)."""
+    bad = sweep / "multirun" / "2_lora"
+    (bad / file).write_text(content)
+    records = {Path(r.source).name: r for r in collect([sweep])}
+    assert len(records) == 8 and records["1_full"].status == COMPLETED
+    assert records["2_lora"].status == UNREADABLE and records["2_lora"].note.startswith(f"{bad / file} {why}")
+    assert records["2_lora"].config.get("tuning.name") == (None if file == "config.yaml" else "lora")  # for --where
+    with pytest.raises(ResultsError, match=rf"^{bad / file} {why}"):
+        collect([sweep], strict=True)
+
+
+def test_a_file_without_read_permission_is_named(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PermissionError used to end tunelab-results with a traceback; chmod does not stop root, so the
+    denial is simulated."""
+    denied = sweep / "multirun" / "1_lora" / "metrics.json"
+    read_text = Path.read_text
+
+    def guarded(path: Path, *args, **kwargs) -> str:
+        if path == denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", guarded)
+    records = {Path(r.source).name: r for r in collect([sweep])}
+    assert records["1_lora"].status == UNREADABLE and records["1_lora"].note == f"cannot read {denied}: Permission denied"
+    with pytest.raises(ResultsError, match=rf"^cannot read {denied}: Permission denied$"):
+        collect([sweep], strict=True)
+
+
+def test_a_directory_that_cannot_be_listed_is_named(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = sweep / "multirun"
+    scandir = os.scandir
+
+    def guarded(path):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", guarded)
+    records = collect([sweep])
+    assert [(r.source, r.status, r.note) for r in records] == [
+        (str(sweep / "full-lr"), COMPLETED, ""), (str(locked), UNREADABLE, "cannot list the directory: Permission denied")]
+    with pytest.raises(ResultsError, match=rf"^cannot list {locked}: Permission denied$"):
+        collect([sweep], strict=True)
 
 
 def test_directories_without_run_folders_are_errors(tmp_path: Path) -> None:

@@ -49,5 +49,5 @@ def test_non_numeric_scores_are_rejected_with_rows(tiny_bert: Path, tmp_path: Pa
     frame.to_csv(path, index=False)
     dm = RegressionDataModule(AutoTokenizer.from_pretrained(tiny_bert), text_column="sentence1", text_pair_column="sentence2",
                               source={"_target_": "tunelab.data.sources.load", "data_files": {"train": str(path)}})
-    with pytest.raises(DataError, match=r"2 rows .* non-numeric labels in 'label' .*rows 2, 9 with values \['high', 'low'\]"):
+    with pytest.raises(DataError, match=r"2 rows .* non-numeric labels in 'label' .*: data rows 3, 10 \(file lines 4, 11\) with values \['high', 'low'\]"):
         dm.setup("fit")

@@ -2,14 +2,16 @@
 
 load source -> pick splits -> validate + encode (family) -> carve missing splits -> subsample
 -> tokenize (cached by ``datasets.map``) -> dataloaders with dynamic padding.
-Families subclass it and implement ``validate`` and ``tokenize``.
+Families subclass it and implement ``validate`` and ``tokenize``, with the checks of
+``tunelab.data.checks``; their messages name rows with ``rows`` (as numbered in the user's file).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -19,6 +21,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.data.checks import ROW, RowNumbering, describe_rows, number_rows
 from tunelab.data.sampling import (
     DistributedEvalSampler,
     DistributedLengthGroupedSampler,
@@ -116,6 +119,7 @@ class TaskDataModule(L.LightningDataModule):
         self.features: dict[str, datasets.Dataset] = {}  # tokenized
         self.lengths: dict[str, list[int]] = {}
         self.origin: dict[str, str] = {}
+        self.numbering: dict[str, RowNumbering] = defaultdict(RowNumbering)  # per split: how messages number rows
         self.seed = seed
 
     # --- hooks for task families ---------------------------------------------------------------
@@ -132,7 +136,8 @@ class TaskDataModule(L.LightningDataModule):
 
     def featurize(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         """Examples -> model features (cached by ``datasets.map``); families that regroup rows
-        (language modelling blocks, QA windows) override this or ``tokenize``."""
+        (language modelling blocks, QA windows) override this or ``tokenize``. ``ds`` still has the
+        hidden ``ROW`` column, for messages (``self.numbering[split].describe(batch[ROW][j:j+1])``)."""
         return ds.map(self.tokenize, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
 
     @property
@@ -149,6 +154,11 @@ class TaskDataModule(L.LightningDataModule):
     def module_kwargs(self) -> dict[str, Any]:
         """What the task module needs to know about the data (e.g. the label names)."""
         return {}
+
+    def rows(self, ds: datasets.Dataset, split: str, positions: Sequence[int]) -> str:
+        """The rows at ``positions`` of ``ds`` (a split being validated) as numbered in the user's
+        file, e.g. ``data rows 4, 9 (file lines 5, 10)`` (see ``tunelab.data.checks``)."""
+        return describe_rows(ds, positions, self.numbering[split])
 
     # --- loading --------------------------------------------------------------------------------
     def load_source(self) -> Source:
@@ -174,17 +184,30 @@ class TaskDataModule(L.LightningDataModule):
                 )
             picked[ours] = source.splits[theirs]
             self.origin[ours] = source.describe(theirs)
+            self.numbering[ours] = source.rows(theirs)
         if need_train and "train" not in picked:
             raise DataError(f"no training split: the source has {list(source.splits)}; set task.data.splits.train")
         return picked
 
-    def _carve(self, splits: dict[str, datasets.Dataset]) -> None:
+    def _carve_sizes(self, splits: dict[str, datasets.Dataset]) -> dict[str, int]:
+        """Rows to hold out from train per missing split; a DataError when train cannot spare them."""
         total = len(splits["train"])  # fractions are of the original train split
-        for split, size in (("test", self.test_size), ("validation", self.val_size)):
-            if split in splits:
-                continue
+        sizes = {split: size if isinstance(size, int) else max(1, round(size * total))
+                 for split, size in (("test", self.test_size), ("validation", self.val_size)) if split not in splits}
+        if sizes and total < sum(sizes.values()) + 1:
+            held = " and ".join(f"{n} {split} (task.data.{'val' if split == 'validation' else 'test'}_size)"
+                                for split, n in sizes.items())
+            raise DataError(
+                f"split 'train' has {total} usable rows ({self.origin['train']}): too few to hold out {held} rows "
+                f"and keep some to train on; it needs at least {sum(sizes.values()) + 1} rows. Give the "
+                f"{' and '.join(sizes)} split explicitly (task.data.source.data_files.<split> or task.data.splits) "
+                f"or lower the sizes"
+            )
+        return sizes
+
+    def _carve(self, splits: dict[str, datasets.Dataset]) -> None:
+        for split, size in self._carve_sizes(splits).items():
             train = splits["train"]
-            size = size if isinstance(size, int) else max(1, round(size * total))
             stratify = self.stratify_column
             if stratify and not isinstance(train.features.get(stratify), datasets.ClassLabel):
                 stratify = None
@@ -211,15 +234,17 @@ class TaskDataModule(L.LightningDataModule):
         for split, ds in splits.items():
             if len(ds) == 0:
                 raise DataError(f"split '{split}' is empty (0 rows): {self.origin[split]}")
-            splits[split] = self.validate(ds, split, self.origin[split])
+            splits[split] = self.validate(number_rows(ds), split, self.origin[split])
             if len(splits[split]) == 0:
                 raise DataError(f"split '{split}' has no usable rows left after validation: {self.origin[split]}")
         if need_train:
             self._carve(splits)
-        self.examples = {split: self._subsample(ds, split) for split, ds in splits.items()}
-        for split, ds in self.examples.items():
+        self.examples = {}
+        for split, ds in splits.items():
+            ds = self._subsample(ds, split)
             self.features[split] = self.featurize(ds, split)
             self.lengths[split] = [len(ids) for ids in self.features[split]["input_ids"]]
+            self.examples[split] = ds.remove_columns(ROW)
         log.info("data: %s", ", ".join(f"{s} {len(d)}" for s, d in self.examples.items()))
 
     # --- batches --------------------------------------------------------------------------------

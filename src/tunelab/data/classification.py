@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -11,16 +12,33 @@ import datasets
 from transformers import DataCollatorWithPadding
 
 from tunelab.data.base import TaskDataModule
-from tunelab.errors import ConfigError, DataError
+from tunelab.data.checks import (
+    MAX_ROWS_SHOWN,
+    check_empty_text_policy,
+    drop_empty,
+    empty_rows,
+    require_columns,
+    require_text,
+)
+from tunelab.errors import DataError
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS_SHOWN = 5
+# What turns task=csv / task=json (classification) into a regression, as configs/task/_base/regression.yaml does.
+REGRESSION_OVERRIDES = ("task.data._target_=tunelab.data.RegressionDataModule "
+                        "task.module._target_=tunelab.tasks.SequenceRegressionModule task.family=regression "
+                        "task.monitor=val/pearson")
 
 
-def _rows(indices: Sequence[int]) -> str:
-    shown = ", ".join(str(i) for i in indices[:MAX_ROWS_SHOWN])
-    return shown + (f" and {len(indices) - MAX_ROWS_SHOWN} more" if len(indices) > MAX_ROWS_SHOWN else "")
+def _label_string(value: Any) -> str | None:
+    """A label value as the text it names; None when missing (blank, NaN). Integral floats (a csv
+    column of integers with a blank cell is read as floats) are written as integers."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value)
+    return text if text.strip() else None
 
 
 class ClassificationDataModule(TaskDataModule):
@@ -47,8 +65,7 @@ class ClassificationDataModule(TaskDataModule):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        if empty_text not in ("drop", "error"):
-            raise ConfigError(f"task.data.empty_text must be 'drop' or 'error', got {empty_text!r}")
+        check_empty_text_policy(empty_text)
         self.text_columns = [c for c in (text_column, text_pair_column) if c]
         self.label_column = label_column
         self.labels: list[str] | None = [str(x) for x in labels] if labels is not None else None
@@ -72,47 +89,33 @@ class ClassificationDataModule(TaskDataModule):
             kwargs["labels"] = [id2label[i] for i in range(len(id2label))]
         return kwargs
 
-    def _check_columns(self, ds: datasets.Dataset, split: str, where: str) -> None:
+    def _text_keys(self) -> dict[str, str]:
         keys = {"text_column": self.text_columns[0]}
-        if self.label_column:
-            keys["label_column"] = self.label_column
         if len(self.text_columns) > 1:
             keys["text_pair_column"] = self.text_columns[1]
-        for key, column in keys.items():
-            if column not in ds.column_names:
-                raise DataError(
-                    f"column '{column}' (task.data.{key}) not found in split '{split}' of {where}; "
-                    f"columns found: {ds.column_names}"
-                )
-
-    def _drop_empty(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
-        empty = [
-            i for i, row in enumerate(zip(*(ds[c] for c in self.text_columns), strict=True))
-            if any(t is None or not str(t).strip() for t in row)
-        ]
-        if not empty:
-            return ds
-        if self.empty_text == "error":
-            raise DataError(
-                f"{len(empty)} rows with empty text in split '{split}' of {where}: rows {_rows(empty)} "
-                f"(set task.data.empty_text=drop to skip them)"
-            )
-        log.warning("dropped %d rows with empty text from split '%s' (%s): rows %s", len(empty), split, where, _rows(empty))
-        keep = sorted(set(range(len(ds))) - set(empty))
-        return ds.select(keep)
+        return keys
 
     def _label_strings(self, ds: datasets.Dataset) -> list[str | None]:
         feature = ds.features[self.label_column]
         values = ds[self.label_column]
-        if isinstance(feature, datasets.ClassLabel):
-            return [feature.names[v] if 0 <= v < feature.num_classes else str(v) for v in values]
-        return [None if v is None else str(v) for v in values]
+        if isinstance(feature, datasets.ClassLabel):  # -1: no label (e.g. hidden test labels)
+            return [feature.names[v] if 0 <= v < feature.num_classes else None for v in values]
+        return [_label_string(v) for v in values]
 
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
-        self._check_columns(ds, split, where)
-        ds = self._drop_empty(ds, split, where)
+        text = self._text_keys()
+        require_columns(ds, {**text, **({"label_column": self.label_column} if self.label_column else {})}, split, where)
+        require_text(ds, text, split, where)
+        ds = drop_empty(ds, empty_rows(ds, self.text_columns), self.empty_text, "empty text", split, where,
+                        self.numbering[split])
         if not self.label_column:
             return ds
+        missing = [i for i, v in enumerate(self._label_strings(ds)) if v is None]
+        if missing:
+            raise DataError(
+                f"{len(missing)} rows in split '{split}' of {where} have no label in '{self.label_column}' "
+                f"(task.data.label_column): missing label in {self.rows(ds, split, missing)}; fill them in or remove those rows"
+            )
         return self.encode_labels(ds, split, where)
 
     @staticmethod
@@ -121,26 +124,56 @@ class ClassificationDataModule(TaskDataModule):
             ds = ds.remove_columns("labels")
         return ds.add_column("labels", values)
 
+    def _refuse_fractions(self, ds: datasets.Dataset, values: list[str], split: str, where: str) -> None:
+        """Non-integer numbers outside the declared labels: a regression target, not classes."""
+        feature = ds.features[self.label_column]
+        if not (isinstance(feature, datasets.Value) and feature.dtype.startswith("float")):
+            return
+        declared = set(self.labels or ())
+        fractions = [i for i, v in enumerate(values) if not v.lstrip("-").isdigit() and v not in declared]
+        if fractions:
+            seen = sorted({values[i] for i in fractions[:MAX_ROWS_SHOWN]})
+            raise DataError(
+                f"column '{self.label_column}' (task.data.label_column) of split '{split}' in {where} holds "
+                f"non-integer numbers ({', '.join(seen)} in {self.rows(ds, split, fractions)}), not class labels. "
+                f"For a numeric target train a regression (one output, MSE loss, as task=stsb): add "
+                f"{REGRESSION_OVERRIDES}"
+            )
+
     def encode_labels(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
         """Label values -> ids in ``self.labels`` (inferred from train when not declared)."""
         values = self._label_strings(ds)
+        self._refuse_fractions(ds, values, split, where)
         if self.labels is None:
             if split != "train":
                 raise RuntimeError("labels are inferred from the train split first")
-            found = {v for v in values if v is not None}
-            numeric = all(v.lstrip("-").isdigit() for v in found)
-            self.labels = sorted(found, key=int if numeric else str)
-            log.info("labels inferred from train: %s (declare task.data.labels to fix their order)", self.labels)
+            self.labels = self._infer_labels(ds, values)
         index = {label: i for i, label in enumerate(self.labels)}
         bad = [i for i, v in enumerate(values) if v not in index]
         if bad:
             seen = sorted({str(values[i]) for i in bad})[:MAX_ROWS_SHOWN]
             raise DataError(
                 f"{len(bad)} rows in split '{split}' of {where} have labels outside the declared set "
-                f"{self.labels} (task.data.labels): rows {_rows(bad)} with values {seen}"
+                f"{self.labels} (task.data.labels): {self.rows(ds, split, bad)} with values {seen}"
             )
         ds = self._set_labels(ds, [index[v] for v in values])
         return ds.cast_column("labels", datasets.ClassLabel(names=self.labels))
+
+    def _infer_labels(self, ds: datasets.Dataset, values: list[str]) -> list[str]:
+        """The sorted label set of train (numbers by value); warns about classes with a single row."""
+        counts = Counter(values)
+        numeric = all(v.lstrip("-").isdigit() for v in counts)
+        labels = sorted(counts, key=int if numeric else str)
+        log.info("labels inferred from train: %s (declare task.data.labels to fix their order)", labels)
+        single = [label for label in labels if counts[label] == 1]
+        if single:
+            where = [f"'{label}' ({self.rows(ds, 'train', [values.index(label)])})" for label in single[:MAX_ROWS_SHOWN]]
+            log.warning(
+                "%d of %d inferred classes have a single row in train: %s%s. Such a class cannot be both trained on "
+                "and evaluated, and held-out splits cannot be stratified; check task.data.label_column, or give more rows",
+                len(single), len(labels), ", ".join(where), " and more" if len(single) > MAX_ROWS_SHOWN else "",
+            )
+        return labels
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
         texts = [batch[c] for c in self.text_columns]
@@ -162,8 +195,9 @@ class RegressionDataModule(ClassificationDataModule):
         return {}
 
     def encode_labels(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
+        raw = ds[self.label_column]
         values, bad = [], []
-        for i, v in enumerate(ds[self.label_column]):
+        for i, v in enumerate(raw):
             try:
                 number = float(v)
             except (TypeError, ValueError):
@@ -172,9 +206,9 @@ class RegressionDataModule(ClassificationDataModule):
                 bad.append(i)
             values.append(number)
         if bad:
-            seen = sorted({str(ds[self.label_column][i]) for i in bad[:MAX_ROWS_SHOWN]})
+            seen = sorted({str(raw[i]) for i in bad[:MAX_ROWS_SHOWN]})
             raise DataError(
                 f"{len(bad)} rows in split '{split}' of {where} have non-numeric labels in "
-                f"'{self.label_column}' (task.data.label_column): rows {_rows(bad)} with values {seen}"
+                f"'{self.label_column}' (task.data.label_column): {self.rows(ds, split, bad)} with values {seen}"
             )
         return self._set_labels(ds, values).cast_column("labels", datasets.Value("float32"))

@@ -28,6 +28,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from tunelab.data.base import TaskDataModule
+from tunelab.data.checks import ROW, require_columns, require_text
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.base import META
 
@@ -127,22 +128,11 @@ class LanguageModelingDataModule(TaskDataModule):
 
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
         column = self.text_column
-        if column not in ds.column_names:
-            raise DataError(
-                f"column '{column}' (task.data.text_column) not found in split '{split}' of {where}; "
-                f"columns found: {ds.column_names}"
-            )
-        feature = ds.features[column]
-        if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
-            raise DataError(f"column '{column}' (task.data.text_column) of split '{split}' in {where} holds {feature}, not text")
-        if self.stratify_column:
-            if self.stratify_column not in ds.column_names:
-                raise DataError(
-                    f"column '{self.stratify_column}' (task.data.stratify_column) not found in split '{split}' of "
-                    f"{where}; columns found: {ds.column_names}"
-                )
-            if not isinstance(ds.features[self.stratify_column], datasets.ClassLabel):
-                ds = ds.class_encode_column(self.stratify_column)
+        require_columns(ds, {"text_column": column, **({"stratify_column": self.stratify_column}
+                                                      if self.stratify_column else {})}, split, where)
+        require_text(ds, {"text_column": column}, split, where)
+        if self.stratify_column and not isinstance(ds.features[self.stratify_column], datasets.ClassLabel):
+            ds = ds.class_encode_column(self.stratify_column)
         before = len(ds)
         ds = ds.filter(lambda texts: [t is not None and bool(t.strip()) for t in texts], batched=True,
                        input_columns=column, desc=f"Dropping empty rows of {split}")
@@ -194,7 +184,9 @@ class LanguageModelingDataModule(TaskDataModule):
             for j, row in enumerate(indices):
                 n = len(encoded["input_ids"][j])
                 if n == 0:
-                    raise DataError(f"row {row} of split '{split}' has no tokens after tokenization")
+                    where = self.numbering[split].describe([batch[ROW][j] if ROW in batch else row])
+                    raise DataError(f"{where} of split '{split}' ({self.origin.get(split, 'the data')}) has no tokens "
+                                    "after tokenization")
                 for k in keys:
                     out[k].extend(encoded[k][j][i : i + size] for i in range(0, n, size))
                 out["row"].extend([row] * len(range(0, n, size)))

@@ -24,7 +24,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.base import TaskDataModule
-from tunelab.data.classification import _rows
+from tunelab.data.checks import ROW, empty_rows, require_columns, require_text
 from tunelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -126,26 +126,20 @@ class QuestionAnsweringDataModule(TaskDataModule):
 
     # --- validation -----------------------------------------------------------------------------
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
-        keys = {"question_column": self.question_column, "context_column": self.context_column}
-        if self.answers_column:
-            keys["answers_column"] = self.answers_column
-        for key, column in keys.items():
-            if column not in ds.column_names:
-                raise DataError(
-                    f"column '{column}' (task.data.{key}) not found in split '{split}' of {where}; "
-                    f"columns found: {ds.column_names}"
-                )
-        questions, contexts = ds[self.question_column], ds[self.context_column]
-        for key, texts in (("question_column", questions), ("context_column", contexts)):
-            empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        text = {"question_column": self.question_column, "context_column": self.context_column}
+        require_columns(ds, {**text, **({"answers_column": self.answers_column} if self.answers_column else {})},
+                        split, where)
+        require_text(ds, text, split, where)
+        for key, column in text.items():
+            empty = empty_rows(ds, [column])
             if empty:
                 raise DataError(
-                    f"{len(empty)} rows in split '{split}' of {where} have an empty '{keys[key]}' "
-                    f"(task.data.{key}): rows {_rows(empty)}"
+                    f"{len(empty)} rows in split '{split}' of {where} have an empty '{column}' "
+                    f"(task.data.{key}): {self.rows(ds, split, empty)}"
                 )
         if not self.answers_column:
             return ds
-        return self._check_answers(ds, contexts, split, where)
+        return self._check_answers(ds, ds[self.context_column], split, where)
 
     def _check_answers(self, ds: datasets.Dataset, contexts: list[str], split: str, where: str) -> datasets.Dataset:
         column, key = self.answers_column, "task.data.answers_column"
@@ -154,13 +148,13 @@ class QuestionAnsweringDataModule(TaskDataModule):
         if malformed:
             raise DataError(
                 f"{len(malformed)} rows in split '{split}' of {where} have malformed answers in '{column}' ({key}): "
-                f"rows {_rows(malformed)}; expected {{\"text\": [...], \"answer_start\": [...]}} (a JSON string in csv files)"
+                f"{self.rows(ds, split, malformed)}; expected {{\"text\": [...], \"answer_start\": [...]}} (a JSON string in csv files)"
             )
         unanswered = [i for i, (texts, _) in enumerate(parsed) if not texts]
         if unanswered and not self.allow_no_answer:
             raise DataError(
-                f"{len(unanswered)} rows in split '{split}' of {where} have no answer in '{column}': rows "
-                f"{_rows(unanswered)}; set task.data.allow_no_answer=true for SQuAD 2.0-style data"
+                f"{len(unanswered)} rows in split '{split}' of {where} have no answer in '{column}': "
+                f"{self.rows(ds, split, unanswered)}; set task.data.allow_no_answer=true for SQuAD 2.0-style data"
             )
         misplaced = [
             i for i, ((texts, starts), context) in enumerate(zip(parsed, contexts, strict=True))
@@ -170,12 +164,12 @@ class QuestionAnsweringDataModule(TaskDataModule):
             i = misplaced[0]
             raise DataError(
                 f"{len(misplaced)} rows in split '{split}' of {where} have an answer text that is not in the context "
-                f"at its answer_start ('{column}'): rows {_rows(misplaced)}; e.g. row {i}: {parsed[i][0]} at "
-                f"{parsed[i][1]} (set task.data.bad_answers=drop to skip such rows)"
+                f"at its answer_start ('{column}'): {self.rows(ds, split, misplaced)}; e.g. {self.rows(ds, split, [i])}: "
+                f"{parsed[i][0]} at {parsed[i][1]} (set task.data.bad_answers=drop to skip such rows)"
             )
         if misplaced:
-            log.warning("dropped %d rows whose answer is not at its answer_start from split '%s' (%s): rows %s",
-                        len(misplaced), split, where, _rows(misplaced))
+            log.warning("dropped %d rows whose answer is not at its answer_start from split '%s' (%s): %s",
+                        len(misplaced), split, where, self.rows(ds, split, misplaced))
         if isinstance(ds.features[column], datasets.Value):  # JSON strings (csv) -> the SQuAD struct
             answers = [{"text": t, "answer_start": s} for t, s in parsed]
             ds = ds.remove_columns(column).add_column(column, answers, feature=ANSWERS_FEATURE)
@@ -187,10 +181,12 @@ class QuestionAnsweringDataModule(TaskDataModule):
     def featurize(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         """Examples -> windows; evaluation windows keep ``META_COLUMNS`` for decoding and scoring."""
         return ds.map(self.encode, batched=True, with_indices=True, remove_columns=ds.column_names,
-                      fn_kwargs={"keep_meta": split != "train"}, desc=f"Tokenizing {split}")
+                      fn_kwargs={"split": split}, desc=f"Tokenizing {split}")
 
-    def encode(self, batch: dict[str, list], indices: list[int], keep_meta: bool = True) -> dict[str, list]:
-        """Question + context windows (``truncation="only_second"``, overlapping by ``stride``)."""
+    def encode(self, batch: dict[str, list], indices: list[int], split: str = "test") -> dict[str, list]:
+        """Question + context windows (``truncation="only_second"``, overlapping by ``stride``);
+        windows of splits other than ``train`` keep ``META_COLUMNS``."""
+        keep_meta = split != "train"
         questions = [q.lstrip() for q in batch[self.question_column]]  # some SQuAD questions start with spaces
         contexts = batch[self.context_column]
         try:
@@ -212,9 +208,10 @@ class QuestionAnsweringDataModule(TaskDataModule):
         for i, row in enumerate(samples):
             sequence_ids = enc.sequence_ids(i)
             if 1 not in sequence_ids:
+                where = self.numbering[split].describe([batch[ROW][row] if ROW in batch else indices[row]])
                 raise ConfigError(
-                    f"task.data.max_length={self.max_length} leaves no room for the context after question row "
-                    f"{indices[row]} ({len(questions[row])} characters); raise it"
+                    f"task.data.max_length={self.max_length} leaves no room for the context after the question in "
+                    f"{where} of split '{split}' ({len(questions[row])} characters); raise it"
                 )
             lo = sequence_ids.index(1)
             hi = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)

@@ -17,7 +17,7 @@ import datasets
 from transformers import DataCollatorForSeq2Seq
 
 from tunelab.data.base import TaskDataModule
-from tunelab.data.classification import _rows
+from tunelab.data.checks import blank, check_empty_text_policy, drop_empty, require_columns
 from tunelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ class Seq2SeqDataModule(TaskDataModule):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        if empty_text not in ("drop", "error"):
-            raise ConfigError(f"task.data.empty_text must be 'drop' or 'error', got {empty_text!r}")
+        check_empty_text_policy(empty_text)
         if translation_column and not (source_lang and target_lang):
             raise ConfigError(
                 f"task.data.translation_column={translation_column} needs task.data.source_lang and task.data.target_lang "
@@ -104,11 +103,6 @@ class Seq2SeqDataModule(TaskDataModule):
         return kwargs
 
     # --- validation -----------------------------------------------------------------------------
-    def _missing(self, ds: datasets.Dataset, split: str, where: str, column: str, key: str) -> DataError:
-        return DataError(
-            f"column '{column}' (task.data.{key}) not found in split '{split}' of {where}; columns found: {ds.column_names}"
-        )
-
     def _columns(self) -> dict[str, str]:
         if self.translation_column:
             return {"translation_column": self.translation_column}
@@ -125,11 +119,7 @@ class Seq2SeqDataModule(TaskDataModule):
         return columns[self.source_column], columns[self.target_column] if self.target_column else None
 
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
-        for key, column in self._columns().items():
-            if column not in ds.column_names:
-                raise DataError(
-                    f"column '{column}' (task.data.{key}) not found in split '{split}' of {where}; columns found: {ds.column_names}"
-                )
+        require_columns(ds, self._columns(), split, where)
         if self.translation_column:
             first = ds[0][self.translation_column]
             for key, lang in (("source_lang", self.source_lang), ("target_lang", self.target_lang)):
@@ -141,17 +131,8 @@ class Seq2SeqDataModule(TaskDataModule):
                     )
         sources, targets = self._pairs({c: ds[c] for c in self._columns().values()})
         rows = zip(sources, targets, strict=True) if targets is not None else ((s,) for s in sources)
-        empty = [i for i, row in enumerate(rows) if any(t is None or not str(t).strip() for t in row)]
-        if not empty:
-            return ds
-        if self.empty_text == "error":
-            raise DataError(
-                f"{len(empty)} rows with an empty source or target in split '{split}' of {where}: rows {_rows(empty)} "
-                f"(set task.data.empty_text=drop to skip them)"
-            )
-        log.warning("dropped %d rows with an empty source or target from split '%s' (%s): rows %s",
-                    len(empty), split, where, _rows(empty))
-        return ds.select(sorted(set(range(len(ds))) - set(empty)))
+        empty = [i for i, row in enumerate(rows) if any(blank(t) for t in row)]
+        return drop_empty(ds, empty, self.empty_text, "an empty source or target", split, where, self.numbering[split])
 
     # --- features -------------------------------------------------------------------------------
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:

@@ -7,6 +7,8 @@ where it came from (used in error messages), and is named by ``_target_`` in ``t
 from __future__ import annotations
 
 import codecs
+import csv
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import datasets
 
+from tunelab.data.checks import RowNumbering
 from tunelab.errors import DataError, unwrap
 from tunelab.hub import hub_errors
 
@@ -23,13 +26,17 @@ TEXT_BUILDERS = {"csv", "json", "text"}  # "text": one row per line, in a `text`
 
 @dataclass
 class Source:
-    """Loaded splits and where each came from."""
+    """Loaded splits, where each came from, and how messages number its rows."""
 
     splits: datasets.DatasetDict
     origin: dict[str, str] = field(default_factory=dict)
+    numbering: dict[str, RowNumbering] = field(default_factory=dict)
 
     def describe(self, split: str) -> str:
         return self.origin.get(split, "the dataset")
+
+    def rows(self, split: str) -> RowNumbering:
+        return self.numbering.get(split, RowNumbering())
 
 
 def _as_mapping(data_files: str | Sequence[str] | Mapping[str, Any]) -> dict[str, list[str]]:
@@ -77,31 +84,7 @@ def load(
     alone with the builder taken from the extension.
     """
     if data_files is not None:
-        files = _as_mapping(data_files)
-        for split, paths in files.items():
-            for p in paths:
-                if not Path(p).is_file():
-                    raise DataError(f"data file for split '{split}' not found: {p} (task.data.source.data_files.{split})")
-        builder = path if path in FILE_BUILDERS.values() else FILE_BUILDERS.get(Path(files[next(iter(files))][0]).suffix)
-        if builder is None:
-            raise DataError(f"cannot tell the format of {files}: set task.data.source.path to csv, json, parquet or text")
-        if builder in TEXT_BUILDERS:
-            for paths in files.values():
-                for p in paths:
-                    check_decodable(Path(p), encoding)
-            kwargs["encoding"] = encoding
-        if builder == "text":
-            kwargs.setdefault("keep_linebreaks", True)  # as run_clm.py: newlines are part of the text
-        if builder == "csv" and any(p.endswith(".tsv") for ps in files.values() for p in ps):
-            kwargs.setdefault("delimiter", "\t")
-        try:
-            splits = datasets.load_dataset(builder, data_files=files, **kwargs)
-        except ValueError as err:
-            if "corresponds to no data" not in str(err):
-                raise
-            split = str(err).split('"')[1] if '"' in str(err) else "?"
-            raise DataError(f"split '{split}' is empty (0 rows): {', '.join(files.get(split, []))}") from None
-        return Source(splits, {split: ", ".join(paths) for split, paths in files.items()})
+        return _load_files(path, _as_mapping(data_files), encoding, **kwargs)
 
     if not path:
         raise DataError("task.data.source needs a Hub dataset `path` or local `data_files`")
@@ -113,6 +96,90 @@ def load(
         splits = datasets.load_dataset(path, name, revision=revision, **kwargs)
     label = f"{path}/{name}" if name else path
     return Source(splits, {split: f"{label} [{split}]" for split in splits})
+
+
+def _load_files(path: str, files: dict[str, list[str]], encoding: str, **kwargs: Any) -> Source:
+    """Local files per split, read by the builder ``path`` names or their extension tells."""
+    for split, paths in files.items():
+        for p in paths:
+            if not Path(p).is_file():
+                raise DataError(f"data file for split '{split}' not found: {p} (task.data.source.data_files.{split})")
+            if Path(p).stat().st_size == 0:
+                raise DataError(f"data file for split '{split}' is empty (0 bytes): {p} (task.data.source.data_files.{split})")
+    builder = path if path in FILE_BUILDERS.values() else FILE_BUILDERS.get(Path(files[next(iter(files))][0]).suffix)
+    if builder is None:
+        raise DataError(f"cannot tell the format of {files}: set task.data.source.path to csv, json, parquet or text")
+    if builder in TEXT_BUILDERS:
+        for paths in files.values():
+            for p in paths:
+                check_decodable(Path(p), encoding)
+        kwargs["encoding"] = encoding
+    if builder == "text":
+        kwargs.setdefault("keep_linebreaks", True)  # as run_clm.py: newlines are part of the text
+    if builder == "csv" and any(p.endswith(".tsv") for ps in files.values() for p in ps):
+        kwargs.setdefault("delimiter", "\t")
+    delimiter = kwargs.get("delimiter") or kwargs.get("sep") or ","
+    try:
+        splits = datasets.load_dataset(builder, data_files=files, **kwargs)
+    except ValueError as err:
+        if "corresponds to no data" not in str(err):
+            raise
+        split = str(err).split('"')[1] if '"' in str(err) else "?"
+        raise DataError(f"split '{split}' is empty (0 rows): {', '.join(files.get(split, []))}") from None
+    except datasets.exceptions.DatasetGenerationError as err:
+        raise _unreadable(files, builder, encoding, delimiter, err.__cause__ or err) from err
+    numbered = "field" not in kwargs  # records inside one JSON object: no file numbering
+    return Source(
+        splits,
+        {split: ", ".join(paths) for split, paths in files.items()},
+        {split: RowNumbering(tuple(paths) if numbered else (), builder, delimiter, encoding) for split, paths in files.items()},
+    )
+
+
+def _unreadable(files: Mapping[str, list[str]], builder: str, encoding: str, delimiter: str,
+                cause: BaseException) -> DataError:
+    """A DataError naming the file and line that ``datasets`` could not read (a malformed jsonl line,
+    a csv row with more fields than its header), else the files and the reader's message."""
+    for paths in files.values():
+        for p in paths:
+            problem = _first_malformed(Path(p), builder, encoding, delimiter)
+            if problem:
+                return DataError(f"{p}: {problem}")
+    return DataError(f"could not read {', '.join(p for ps in files.values() for p in ps)} as {builder}: "
+                     f"{type(cause).__name__}: {cause}")
+
+
+def _first_malformed(path: Path, builder: str, encoding: str, delimiter: str) -> str | None:
+    """What is wrong at the first malformed line of ``path`` (None if none is found)."""
+    if builder not in ("csv", "json"):
+        return None
+    with path.open(encoding=encoding, errors="replace", newline="" if builder == "csv" else None) as f:
+        if builder == "csv":
+            reader = csv.reader(f, delimiter=delimiter)
+            header = next((r for r in reader if r), [])
+            for record in reader:
+                if len(record) > len(header):
+                    return (f"line {reader.line_num} has {len(record)} fields, the header has {len(header)} "
+                            f"(an unquoted '{delimiter}' in a text? quote the field)")
+            return None
+        if f.read(1_000).lstrip().startswith("["):  # one JSON document
+            f.seek(0)
+            try:
+                json.load(f)
+            except json.JSONDecodeError as err:
+                return f"line {err.lineno} is not valid JSON: {err.msg} (column {err.colno})"
+            return None
+        f.seek(0)
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"line {number} is not valid JSON: {err.msg} (column {err.colno}): {line.strip()[:80]!r}"
+            if not isinstance(record, dict):
+                return f"line {number} is a JSON {type(record).__name__}, not an object of columns: {line.strip()[:80]!r}"
+    return None
 
 
 def _read_text(path: Path, encodings: Sequence[str]) -> str:

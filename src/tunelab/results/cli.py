@@ -29,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tunelab-results",
         description="Tabulate runs (mean ± sample std over seeds) as Markdown, LaTeX and CSV, and plot "
-        "parameter efficiency and learning curves. Failed, incomplete and duplicated runs are listed, not averaged.",
+        "parameter efficiency and learning curves. Failed, incomplete, unreadable and duplicated runs are listed, "
+        "not averaged.",
         epilog="Keys and metrics may also be given comma-separated: --rows tuning.name,model.name",
     )
     p.add_argument("runs", nargs="*", type=Path, help="directories searched for run folders (folders with a config.yaml)")
@@ -44,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--digits", type=int, default=4, help="decimals in the tables (default: 4)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first run folder whose files are malformed or unreadable (default: list it with "
+                   "the excluded runs and go on)")
     return p
 
 
@@ -100,7 +104,7 @@ def write_figures(args: argparse.Namespace, records: list[Record], table: Table)
 
 
 def run(args: argparse.Namespace) -> None:
-    records = collect_wandb(args.from_wandb) if args.from_wandb else collect(args.runs)
+    records = collect_wandb(args.from_wandb) if args.from_wandb else collect(args.runs, strict=args.strict)
     records = select(records, parse_where(args.where))
     if not records:
         raise ResultsError(f"no runs with {' and '.join(args.where)}")
@@ -131,5 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args)
     except TunelabError as err:
         print(f"tunelab-results: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. an --out directory that cannot be written
+        print(f"tunelab-results: error: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     return 0

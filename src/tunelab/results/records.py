@@ -11,6 +11,7 @@ import pandas as pd
 from tunelab.errors import TunelabError
 
 COMPLETED, INCOMPLETE, FAILED = "completed", "incomplete", "failed"
+UNREADABLE = "unreadable"  # a run folder whose files are malformed or cannot be read
 
 
 class ResultsError(TunelabError):
@@ -21,8 +22,8 @@ class ResultsError(TunelabError):
 class Record:
     """A run: flat config (``"optimizer.lr"``), flat metrics (``"test/accuracy"``) and status.
 
-    ``status`` is ``completed`` (metrics present), ``incomplete`` (running, or no metrics) or
-    ``failed``; ``note`` says why a run is not completed. ``history`` loads the metrics logged
+    ``status`` is ``completed`` (metrics present), ``incomplete`` (running, or no metrics),
+    ``failed`` or ``unreadable`` (malformed or unreadable files); ``note`` says why a run is not completed. ``history`` loads the metrics logged
     during training as a frame with a ``step`` column.
     """
 
