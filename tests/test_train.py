@@ -119,3 +119,15 @@ def test_train_false_evaluates_the_model_or_a_checkpoint_without_training(
     again = run(compose_train(tmp_path / "ckpt", *tiny_overrides(tiny_bert, learnable_csv, "train=false",
                                                                   f"ckpt_path={best}")))
     assert again["test"] == pytest.approx(trained["test"]) and again["val"] == pytest.approx(trained["val"])
+
+
+def test_a_further_test_set_beside_a_carved_test_split(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
+    """``task.data.splits`` naming only train and a ``test_<name>`` set: ``test`` is carved from train and
+    both are tested (``test`` first, as the module's metrics expect)."""
+    shifted = tmp_path / "shifted.csv"
+    make_rows(45, seed=7).to_csv(shifted, index=False)
+    metrics = run(compose_train(tmp_path / "run", *tiny_overrides(
+        tiny_bert, learnable_csv, "trainer.max_epochs=1", "logger=none", f"+task.data.source.data_files.shifted={shifted}",
+        "task.data.splits={train: train, test_shifted: shifted}")))
+    assert metrics["data"]["test"] == 60 and metrics["data"]["test_shifted"] == 45
+    assert set(metrics["test"]) == set(metrics["test_shifted"]) and "accuracy" in metrics["test_shifted"]

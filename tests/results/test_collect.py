@@ -122,3 +122,27 @@ def test_directories_without_run_folders_are_errors(tmp_path: Path) -> None:
         collect([tmp_path / "empty"])
     with pytest.raises(ResultsError, match="missing is not a directory"):
         collect([tmp_path / "missing"])
+
+
+def test_a_running_status_without_a_live_process_says_so(tmp_path: Path) -> None:
+    """A run killed without a word (kill -9, out of disk) keeps status running: its lock tells it is gone."""
+    import subprocess
+    import sys
+
+    from tunelab.run_folder import RunFolder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 1\n")
+    RunFolder(run).set_status("running")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tunelab.run_folder import RunFolder\n"
+                               "with RunFolder(sys.argv[1]).lock():\n    print('locked', flush=True); time.sleep(60)",
+                               str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert load_run_folder(run).note == "status running, no metrics.json"  # alive: in progress
+    finally:
+        holder.kill()
+        holder.wait()
+    record = load_run_folder(run)
+    assert record.status == INCOMPLETE and "no live process holds the run" in record.note

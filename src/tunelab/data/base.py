@@ -303,7 +303,7 @@ class TaskDataModule(L.LightningDataModule):
     @property
     def test_splits(self) -> list[str]:
         """``test`` and any further ``test_<name>`` sets, in the order of ``test_dataloader``."""
-        return [s for s in self.features if s == "test" or s.startswith("test_")]
+        return sorted((s for s in self.features if s == "test" or s.startswith("test_")), key=lambda s: s != "test")
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = [self._eval_loader(s) for s in self.test_splits]

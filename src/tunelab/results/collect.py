@@ -21,6 +21,7 @@ from tunelab.results.records import (
     flatten,
     is_number,
 )
+from tunelab.run_folder import RunFolder
 
 
 def find_run_folders(root: str | os.PathLike, on_error: Callable[[Path, str], None] | None = None) -> list[Path]:
@@ -121,6 +122,9 @@ def load_run_folder(path: str | os.PathLike) -> Record:
             raise ResultsError(f"{file} does not hold a JSON object")
     if status.get("status") == FAILED:
         state, note = FAILED, status.get("error") or "status failed"
+    elif status.get("status") == "running" and RunFolder(path).lock_file.is_file() and RunFolder(path).live_owner() is None:
+        state, note = INCOMPLETE, ("status running, but no live process holds the run (killed, or out of disk "
+                                   "space): re-run its command to resume it")
     elif metrics is None:
         state, note = INCOMPLETE, f"status {status.get('status', 'missing')}, no metrics.json"
     elif status.get("status", COMPLETED) != COMPLETED:
