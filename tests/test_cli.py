@@ -49,6 +49,7 @@ def test_hydra_run_writes_folder_and_bad_labels_fail_cleanly(tiny_bert: Path, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert (run_dir / "train.log").read_text().count("test: loss") == 1
+    assert not (run_dir / ".hydra").exists()  # tunelab's config.yaml is the record: no Hydra files in the folder
 
     bad = make_rows(90)
     bad.loc[7, "label"] = "omega"
@@ -58,3 +59,15 @@ def test_hydra_run_writes_folder_and_bad_labels_fail_cleanly(tiny_bert: Path, tm
     assert "labels outside the declared set" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "bad" / "status.json").read_text())["status"] == "failed"
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_a_failed_job_of_a_multirun_does_not_stop_the_others(tiny_bert: Path, tmp_path: Path) -> None:
+    """A bad value in one sweep job is that job's error; the sweep runs the rest (an exit would end it)."""
+    data = tmp_path / "train.csv"
+    make_rows(90).to_csv(data, index=False)
+    proc = train("-m", *tiny_overrides(tiny_bert, data, "trainer.max_epochs=1", "logger=none"),
+                 "task.data.batch_size=0,16", f"paths.root_dir={tmp_path / 'runs'}")
+    assert proc.returncode != 0  # the sweep reports that a job failed
+    assert "task.data.batch_size must be" in proc.stdout + proc.stderr
+    completed = [json.loads(p.read_text())["status"] for p in (tmp_path / "runs").rglob("status.json")]
+    assert completed == ["completed"]

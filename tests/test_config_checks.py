@@ -105,6 +105,22 @@ def test_lengths_above_the_position_limit_are_refused(tiny_bert: Path, tmp_path:
         check_against_model(cfg, tokenizer)
 
 
+def test_relative_positions_take_inputs_longer_than_the_tokenizer_declares(tmp_path: Path) -> None:
+    """T5 (relative positions, no max_position_embeddings): a tokenizer's model_max_length of 512 does not
+    bind, so the common max_length=1024 summarization recipe is not refused (transformers only warns)."""
+    from transformers import T5Config
+
+    from tests.seq2seq_fixtures import build_t5_tokenizer
+
+    (tmp_path / "t5").mkdir()
+    build_t5_tokenizer(tmp_path / "t5")
+    T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8).save_pretrained(tmp_path / "t5")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "t5")
+    tokenizer.model_max_length = 512
+    cfg = compose_train(tmp_path, "task=csv", f"model.name_or_path={tmp_path / 't5'}", "task.data.max_length=1024")
+    check_against_model(cfg, tokenizer)
+
+
 # --- through tunelab.train.run -----------------------------------------------------------------
 @pytest.mark.parametrize("override,error", [
     ("+optimizer.learning_rate=1e-4", r"optimizer.learning_rate is not an argument of torch.optim.AdamW; did you mean "

@@ -139,6 +139,18 @@ def test_failed_status_is_written_in_place_when_a_new_file_cannot_be(tmp_path: P
     assert json.loads(folder.status_file.read_text())["status"] == "failed"
 
 
+def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    def no_locks(fd: int, operation: int) -> None:  # as on NFS without lockd (ENOLCK) or Lustre noflock (ENOSYS)
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING"), RunFolder(tmp_path / "run").lock():
+        pass
+    assert "has no file locks" in caplog.text
+    assert RunFolder(tmp_path / "run").live_owner() is not None  # unknown, not "gone"
+
+
 def test_lock_records_the_owner_and_is_reentrant_only_after_release(tmp_path: Path) -> None:
     folder = RunFolder(tmp_path / "run")
     with folder.lock() as previous:

@@ -134,6 +134,9 @@ def test_resume_finds_the_newest_checkpoint_file_or_sharded_folder(tmp_path: Pat
     assert resume_checkpoint(tmp_path) == last  # an empty folder is no checkpoint
     (hpc / "__0_0.distcp").write_bytes(b"x")
     os.utime(last, ns=(1, 1))
+    assert resume_checkpoint(tmp_path) == last  # shards without .metadata: a save that did not finish
+    (hpc / ".metadata").write_bytes(b"x")  # torch.distributed.checkpoint writes it last
+    os.utime(hpc, ns=(2, 2))
     assert resume_checkpoint(tmp_path) == hpc
 
 
@@ -195,3 +198,21 @@ def test_damaged_last_checkpoint_falls_back_or_names_the_file(tiny_bert: Path, l
     assert metrics["train"]["steps"] == 2 * 30
     with pytest.raises(ConfigError, match=r"ckpt_path=.*damaged.ckpt: not a complete checkpoint"):
         run(compose_train(tmp_path / "other", *overrides, f"ckpt_path={damaged}"))
+
+
+def test_only_the_data_is_fingerprinted_not_caches_or_settings(tmp_path: Path) -> None:
+    from tunelab.identity import data_fingerprint
+
+    data, cache = tmp_path / "train.csv", tmp_path / "hf-cache"
+    data.write_text("text,label\na,b\n")
+    cache.mkdir()
+    (cache / "blob").write_text("changes with every datasets.map")
+    found = data_fingerprint({"_target_": "tunelab.data.sources.load", "path": "csv", "data_files": {"train": str(data)},
+                              "cache_dir": str(cache), "encoding": "utf-8"})
+    assert list(found) == [str(data)] and found[str(data)]["size"] == data.stat().st_size
+
+
+def test_lightning_checkpoint_names_and_remote_paths_pass_through(tmp_path: Path) -> None:
+    folder = train.RunFolder(tmp_path)
+    for given in ("last", "hpc", "s3://bucket/run/last.ckpt"):
+        assert train.resume_from(compose_train(tmp_path, f"ckpt_path={given}"), folder) == given

@@ -96,7 +96,7 @@ def test_validation_off_trains_tests_and_exports_the_final_weights(tiny_bert: Pa
     assert (logits.argmax(-1).numpy() == rows["label"].map({"alpha": 0, "beta": 1, "gamma": 2}).to_numpy()[:50]).mean() > 0.8
 
 
-@pytest.mark.parametrize("key", ["max_epochs", "max_steps"])
+@pytest.mark.parametrize("key", ["max_epochs", "max_steps", "limit_train_batches"])
 def test_zero_epochs_or_steps_is_refused_not_exported(key: str, tiny_bert: Path, learnable_csv: Path,
                                                       tmp_path: Path) -> None:
     from tunelab.errors import ConfigError
@@ -116,6 +116,9 @@ def test_train_false_evaluates_the_model_or_a_checkpoint_without_training(
     assert not (tmp_path / "zero" / "model").exists() and not (tmp_path / "zero" / "checkpoints").exists()
     assert json.loads((tmp_path / "zero" / "status.json").read_text())["status"] == "completed"
     best = trained_dir / "checkpoints" / "best.ckpt"
+    evaluate = tiny_overrides(tiny_bert, learnable_csv, "train=false")
+    # each evaluated checkpoint is a run of its own: never another checkpoint's metrics as "already completed"
+    assert compose_train(tmp_path, *evaluate).run_id != compose_train(tmp_path, *evaluate, f"ckpt_path={best}").run_id
     again = run(compose_train(tmp_path / "ckpt", *tiny_overrides(tiny_bert, learnable_csv, "train=false",
                                                                   f"ckpt_path={best}")))
     assert again["test"] == pytest.approx(trained["test"]) and again["val"] == pytest.approx(trained["val"])

@@ -86,10 +86,21 @@ def quiet_libraries() -> None:
         huggingface_hub.utils.disable_progress_bars()
 
 
+# At import, before Hydra composes the config (which hashes the data files for the run id): Slurm's SIGUSR1
+# during start-up, imports and data loading must not end the job.
+slurm_signal.catch_if_slurm()
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train(cfg: DictConfig) -> float | None:
     """``python train.py [group=option ...] [key=value ...]``; returns the monitored metric."""
-    slurm_signal.catch_if_slurm()  # first: Slurm's SIGUSR1 during the imports and data loading must not end the job
     quiet_libraries()
     from tunelab.train import run
 
@@ -100,5 +111,7 @@ def train(cfg: DictConfig) -> float | None:
         if cause is None:
             raise
         log.error("%s", cause)
+        if _multirun():
+            raise  # Hydra records this job as failed and runs the others (an exit would end the whole sweep)
         sys.exit(1)
     return metrics["val"].get(cfg.task.monitor.removeprefix("val/"))

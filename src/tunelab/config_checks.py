@@ -54,7 +54,8 @@ def check_against_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> 
     if isinstance(positions, int) and positions > 0 and getattr(config, "position_biased_input", True):
         limits.append((positions, f"max_position_embeddings of the model config ({cfg.model.name_or_path})"))
     declared = getattr(tokenizer, "model_max_length", None)
-    if isinstance(declared, int) and 0 < declared < SANE_TOKENIZER_LIMIT:
+    # A tokenizer's model_max_length binds only a model with absolute positions; T5's relative ones take more.
+    if limits and isinstance(declared, int) and 0 < declared < SANE_TOKENIZER_LIMIT:
         limits.append((declared, f"model_max_length of the tokenizer ({tokenizer.name_or_path})"))
     if not limits:
         return

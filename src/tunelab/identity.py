@@ -55,6 +55,9 @@ def config_hash(*, _root_: DictConfig) -> str:
                for k in stable if k not in VOLATILE_KEYS}
     source = ((content.get("task") or {}).get("data") or {}).get("source")
     content["data_fingerprint"] = fingerprint_digest(data_fingerprint(source))
+    if content.get("train") is False and stable.get("ckpt_path"):  # evaluation only: the checkpoint is the run
+        checkpoint = Path(str(stable.ckpt_path))
+        content["ckpt_path"] = [str(checkpoint.resolve()), checkpoint.stat().st_size if checkpoint.is_file() else None]
     text = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -84,25 +87,30 @@ def _path_fingerprint(path: Path) -> dict[str, Any]:
     return {"files": len(files), "size": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
 
 
+DATA_KEYS = ("data_files", "root", "data_dir", "path")  # keys of task.data.source that name the data itself
+
+
 def data_fingerprint(source: Any) -> dict[str, dict[str, Any]]:
-    """``{path: {size, sha256}}`` for every local file or folder named in a ``task.data.source`` config
-    (``data_files``, a corpus ``root``, ...). Paths that do not exist are left to the data loader's error."""
+    """``{path: {size, sha256}}`` for every local file or folder that a ``task.data.source`` config names
+    as its data (``DATA_KEYS``: ``data_files``, a corpus ``root``, ``data_dir``, a local ``path``; not
+    caches or other settings). Paths that do not exist are left to the data loader's error."""
     found: dict[str, dict[str, Any]] = {}
 
     def walk(node: Any) -> None:
         if isinstance(node, Mapping):
-            for key, value in node.items():
-                if key != "_target_":
-                    walk(value)
+            for value in node.values():
+                walk(value)
         elif isinstance(node, (list, tuple)):
             for value in node:
                 walk(value)
-        elif isinstance(node, str) and node and ("/" in node or "." in node):
+        elif isinstance(node, str) and node:
             path = Path(node).expanduser()
             if path.exists():
                 found[node] = _path_fingerprint(path)
 
-    walk(source)
+    if isinstance(source, Mapping):
+        for key in DATA_KEYS:
+            walk(source.get(key))
     return found
 
 
@@ -153,8 +161,8 @@ def checkpoint_problem(path: Path) -> str | None:
     ``torch.save`` writes a zip archive: a truncated file has no central directory and a damaged one fails
     its CRCs, both found without unpickling anything.
     """
-    if path.is_dir():
-        return None if any(path.iterdir()) else "an empty folder"
+    if path.is_dir():  # a torch.distributed.checkpoint folder: its .metadata is written last
+        return None if (path / ".metadata").is_file() else "a sharded checkpoint without its .metadata (unfinished)"
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()

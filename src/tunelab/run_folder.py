@@ -29,6 +29,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,10 @@ def environment() -> dict[str, Any]:
     }
 
 
+LOCK_TRIES = 10
+UNSUPPORTED = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)  # filesystems without flock (some NFS, Lustre noflock)
+
+
 class RunFolderBusy(TunelabError):
     """Another live process owns the run folder."""
 
@@ -163,18 +168,27 @@ class RunFolder:
         """
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            owner_info = _read_owner(fd)
-            os.close(fd)
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise RunFolderBusy(
-                f"run folder {self.path} is in use by {describe_owner(owner_info)}: the same config "
-                f"(run_id) is running there. Wait for it to finish (this command then returns its result), or "
-                f"start another run with run_id=<name> or resume=never"
-            ) from None
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                owner_info = _read_owner(fd)
+                if err.errno in UNSUPPORTED:
+                    log.warning("%s: this filesystem has no file locks (%s): running without the one-process "
+                                "guard", self.lock_file, os.strerror(err.errno))
+                    break
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if owner_info or attempt == LOCK_TRIES - 1:
+                    os.close(fd)
+                    raise RunFolderBusy(
+                        f"run folder {self.path} is in use by {describe_owner(owner_info)}: the same config "
+                        f"(run_id) is running there. Wait for it to finish (this command then returns its result), "
+                        f"or start another run with run_id=<name> or resume=never"
+                    ) from None
+                time.sleep(0.2)  # no owner recorded: a reader's brief probe (live_owner), or an owner starting up
         try:
             previous = _read_owner(fd)
             os.ftruncate(fd, 0)
@@ -193,8 +207,8 @@ class RunFolder:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return _read_owner(fd) or {}
+        except OSError as err:  # held, or no locks on this filesystem: not known to be gone
+            return _read_owner(fd) or {"unknown": os.strerror(err.errno)}
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None

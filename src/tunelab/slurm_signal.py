@@ -2,7 +2,7 @@
 
 Slurm sends SIGUSR1 ``<lead>`` s before the time limit (``--signal=SIGUSR1@<lead>``; also ``scancel --signal=USR1``)
 at whatever the job is doing then: importing torch, loading data, training, testing, exporting. The default
-action of SIGUSR1 ends the process, so ``cli.train`` calls ``catch_if_slurm()`` first thing; this module imports
+action of SIGUSR1 ends the process, so ``tunelab.cli`` calls ``catch_if_slurm()`` when it is imported; this module imports
 only the standard library (importing Lightning takes seconds, ten on a busy node). The handler only records
 the request. ``tunelab.requeue.ResumeCallback`` honours it at the next training batch boundary (one that came
 before training: at the first batch) and clears it. One that no training batch followed (it came during test

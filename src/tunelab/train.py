@@ -141,10 +141,12 @@ def resume_from(cfg: DictConfig, folder: RunFolder) -> str | None:
     """The checkpoint to start from: ``ckpt_path``, else (``resume=auto|must``) the run folder's newest
     loadable one."""
     if cfg.get("ckpt_path"):
-        problem = checkpoint_problem(Path(cfg.ckpt_path)) if Path(cfg.ckpt_path).exists() else "no such file"
-        if problem:
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: {problem}")
-        return str(cfg.ckpt_path)
+        given = str(cfg.ckpt_path)
+        if given not in LIGHTNING_CKPT_NAMES and "://" not in given:  # Lightning's names and remote paths: its own
+            problem = checkpoint_problem(Path(given)) if Path(given).exists() else "no such file"
+            if problem:
+                raise ConfigError(f"ckpt_path={given}: {problem}")
+        return given
     if not cfg.get("train", True):
         return None  # evaluation only: nothing to resume
     resume = cfg.get("resume", "auto")
@@ -155,12 +157,15 @@ def resume_from(cfg: DictConfig, folder: RunFolder) -> str | None:
     return str(found) if found else None
 
 
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
+
+
 def check_train_mode(cfg: DictConfig) -> None:
     """``train=false`` evaluates without training; a training run that would take no step is refused,
     rather than exporting untrained weights as if they were tuned."""
     if not cfg.get("train", True):
         return
-    for key in ("max_epochs", "max_steps"):
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
         if cfg.trainer.get(key) == 0:
             raise ConfigError(
                 f"trainer.{key}=0 trains nothing, and the run would export untrained weights as its result. "
@@ -247,9 +252,10 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
     training = bool(cfg.get("train", True))
     succeeded = False
     try:
+        if ckpt_path and isinstance(trainer.strategy, FSDPStrategy) and Path(ckpt_path).is_file():
+            # FSDP reads a full checkpoint with its own unpickler: refuse unsafe files first (mapped, not read in)
+            load_checkpoint(ckpt_path, map_location="cpu", mmap=True)
         if training:
-            if ckpt_path and isinstance(trainer.strategy, FSDPStrategy) and Path(ckpt_path).is_file():
-                load_checkpoint(ckpt_path)  # FSDP reads a full checkpoint with its own unpickler: refuse unsafe files first
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             best = None if validation_off(cfg) else best or None  # None: evaluate the weights in memory

@@ -152,11 +152,12 @@ def check_remote_code(model_cfg: Mapping[str, Any] | None, file: str | os.PathLi
         )
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = None, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain data only. A file holding other pickled
-    objects (which would run code when unpickled) is refused with a TunelabError naming it."""
+    objects (which would run code when unpickled) is refused with a TunelabError naming it. ``mmap``: map the
+    tensors instead of reading them (a check of a large checkpoint)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line),
                       str(err).splitlines()[0] if str(err) else type(err).__name__)
