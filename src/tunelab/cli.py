@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-import warnings
-from typing import Any
-
-import hydra
-from omegaconf import DictConfig
-
+# First, before the heavy imports (Hydra, and through it omegaconf): Slurm's SIGUSR1 during start-up,
+# imports and data loading must not end the job (its default action). Stdlib only.
 from tunelab import slurm_signal
-from tunelab.config import CONFIG_DIR
-from tunelab.errors import find_tunelab_error
+
+slurm_signal.catch_if_slurm()
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from typing import Any  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from tunelab.config import CONFIG_DIR  # noqa: E402
+from tunelab.errors import find_tunelab_error  # noqa: E402
 
 log = logging.getLogger("tunelab")
 
@@ -85,10 +90,6 @@ def quiet_libraries() -> None:
         transformers.utils.logging.disable_progress_bar()
         huggingface_hub.utils.disable_progress_bars()
 
-
-# At import, before Hydra composes the config (which hashes the data files for the run id): Slurm's SIGUSR1
-# during start-up, imports and data loading must not end the job.
-slurm_signal.catch_if_slurm()
 
 
 def _multirun() -> bool:
