@@ -13,9 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from tunelab.requeue import per_rank
 from tunelab.trusted import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -171,13 +171,7 @@ class TrainStats(L.Callback):
 
     # --- carried in checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        mine = [*self.earlier, self.current()]
-        if self._world > 1 and dist.is_available() and dist.is_initialized():
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, mine)  # every rank saves (dump_checkpoint runs on all of them)
-        else:
-            gathered = [mine]
-        return {"attempts_per_rank": gathered}
+        return {"attempts_per_rank": per_rank([*self.earlier, self.current()], self._world)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._stage != "fit":

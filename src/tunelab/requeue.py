@@ -131,12 +131,7 @@ class ResumeCallback(L.Callback):
     # --- random states -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         states = _portable(_collect_rng_states(include_cuda=True))
-        if self._world > 1 and dist.is_available() and dist.is_initialized():
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, states)  # every rank saves (dump_checkpoint runs on all of them)
-        else:
-            gathered = [states]
-        return {"rng_states": gathered, "at_batch_start": self._saving_at_batch_start}
+        return {"rng_states": per_rank(states, self._world), "at_batch_start": self._saving_at_batch_start}
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._saving_at_batch_start:
@@ -156,6 +151,16 @@ class ResumeCallback(L.Callback):
             self._pending_rng = _native(states[self._rank])
         else:
             _set_rng_states(_native(states[self._rank]))
+
+
+def per_rank(state: Any, world: int) -> list[Any]:
+    """Every rank's ``state``, in rank order, for a checkpoint that each rank resumes its own part of. A
+    collective under a process group: callbacks' ``state_dict`` runs on every rank (``dump_checkpoint``)."""
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, state)
+        return gathered
+    return [state]
 
 
 def _portable(states: dict[str, Any]) -> dict[str, Any]:
