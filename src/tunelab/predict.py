@@ -1,7 +1,9 @@
 """Score a finished run on new data: predictions to a file, and metrics when labels are present.
 
     python -m tunelab.predict runs/bbc-news-minilm-full/<time> new.csv [--output preds.csv]
-    tunelab-predict <run dir> <data file> [--text-column TEXT] [--label-column LABEL]
+    tunelab-predict <run dir> <data file> [--text-column TEXT] [--label-column LABEL] ...
+
+Each task family's column flags (``--<task.data key>``) come from the columns it describes.
 
 The run folder is read as data: only tunelab's own classes are built from its config.yaml and
 model/tunelab.json, and a model that runs its repository's code needs --trust-remote-code.
@@ -20,7 +22,7 @@ import datasets
 import lightning as L
 from hydra.utils import instantiate
 
-from tunelab.data.sources import load
+from tunelab.data.base import Column, families
 from tunelab.errors import TunelabError, find_tunelab_error
 from tunelab.exported import EXPORT_INFO, check_weights, is_run_folder, read_export_info
 from tunelab.io import atomic_write_json
@@ -52,9 +54,9 @@ def predict(
     check_weights(folder.model_dir, info)
     tokenizer = load_tokenizer({"name_or_path": str(folder.model_dir), "trust_remote_code": remote_code(info["model"])})
 
-    source = load(path="", data_files={"test": str(data_file)}, encoding=encoding)
     make_datamodule = instantiate(cfg.task.data, _partial_=True, _recursive_=False)
     data_cfg = {**cfg.task.data, **(columns or {})}
+    source = make_datamodule.func.prediction_source(str(data_file), data_cfg, encoding)
     data_kwargs = {**(columns or {}), **make_datamodule.func.prediction_kwargs(
         data_cfg, source.splits["test"].column_names, info)}
     datamodule = make_datamodule(
@@ -72,7 +74,7 @@ def predict(
     order = datamodule.eval_order("test")
     table = module.predictions_table(batches, order)
 
-    output = Path(output) if output else Path(data_file).with_suffix(".predictions.csv")
+    output = Path(output) if output else Path(data_file).with_suffix(".predictions" + datamodule.prediction_suffix)
     rows = datamodule.examples["test"]
     rows = rows.remove_columns([c for c in ("labels",) if c in rows.column_names])
     for name, values in table.items():
@@ -88,19 +90,24 @@ def predict(
     return result
 
 
+def add_column_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """``--<key>`` for every column a task family describes (``TaskDataModule.columns``); returns the keys."""
+    described: dict[str, tuple[Column, list[str]]] = {}
+    for family in families():
+        for column in family.columns:
+            described.setdefault(column.key, (column, []))[1].append(family.__name__.removesuffix("DataModule"))
+    for key, (column, users) in described.items():
+        parser.add_argument(column.flag, dest=key, help=f"{column.help}, if it differs from the run's "
+                                                        f"(task.data.{key}; {', '.join(dict.fromkeys(users))})")
+    return list(described)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunelab-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a run folder written by train.py")
     parser.add_argument("data_file", help="csv, tsv, json, jsonl or parquet file to predict")
     parser.add_argument("--output", "-o", help="where to write predictions (.csv or .jsonl); default <data>.predictions.csv")
-    parser.add_argument("--text-column", help="text column, if it differs from the run's")
-    parser.add_argument("--text-pair-column", help="second text column, if it differs from the run's")
-    parser.add_argument("--label-column", help="label column, if it differs from the run's (metrics are computed when present)")
-    parser.add_argument("--source-column", help="seq2seq runs: source text column, if it differs from the run's")
-    parser.add_argument("--target-column", help="seq2seq runs: reference column, if it differs (metrics when present)")
-    parser.add_argument("--question-column", help="QA runs: question column, if it differs from the run's")
-    parser.add_argument("--context-column", help="QA runs: context column, if it differs from the run's")
-    parser.add_argument("--answers-column", help="QA runs: SQuAD answers column, if it differs (metrics when present)")
+    names = add_column_flags(parser)
     parser.add_argument("--encoding", default="utf-8", help="text encoding of the data file")
     parser.add_argument("--batch-size", type=int, help="examples per batch")
     parser.add_argument("--trust-remote-code", action="store_true",
@@ -108,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     datasets.disable_progress_bars()
-    names = ("text_column", "text_pair_column", "label_column", "source_column", "target_column",
-             "question_column", "context_column", "answers_column")
     columns = {name: getattr(args, name) for name in names if getattr(args, name)}
     try:
         result = predict(args.run_dir, args.data_file, args.output, columns, args.encoding, args.batch_size,

@@ -212,6 +212,6 @@ def test_qa_rows_are_numbered_in_the_file(tmp_path: Path) -> None:
     path = write_rows(rows, tmp_path / "qa.csv")
     source = {"_target_": "tunelab.data.sources.load", "data_files": {"train": str(path)}}
     dm = QuestionAnsweringDataModule(build_qa_tokenizer(), source=source, max_length=64, stride=16)
-    with pytest.raises(DataError, match=r"1 rows in split 'train' .* have an empty 'question' \(task.data.question_column\): "
-                                        r"data row 6 \(file line 7\)$"):
+    with pytest.raises(DataError, match=r"1 rows with an empty question or context \('question', 'context'\) in "
+                                        r"split 'train' .*: data row 6 \(file line 7\) \(set task.data.empty_text=drop"):
         dm.setup("fit")

@@ -13,9 +13,9 @@ from transformers import AutoTokenizer
 
 from tests.conftest import make_rows
 from tests.lm_fixtures import lm_lines, tiny_gpt2, write_lines  # noqa: F401
+from tunelab.batch import META
 from tunelab.data import ClassificationDataModule, LanguageModelingDataModule
 from tunelab.errors import ConfigError, DataError
-from tunelab.tasks.base import META
 
 
 def datamodule(model: Path, data: Path, **kwargs) -> LanguageModelingDataModule:

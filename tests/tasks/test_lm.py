@@ -71,7 +71,7 @@ def test_perplexity_equals_a_hand_computation_over_all_tokens(
     with torch.no_grad():
         for batch in batches:
             outputs = module(batch)
-            module.update_metrics(module.val_metrics, outputs, batch)
+            module.update_metrics(module.val_metrics, outputs, batch, "val")
             logits.append(outputs.logits[:, : outputs.logits.size(1) - shift].flatten(0, 1))
             labels.append(batch["labels"][:, shift:].flatten())
             batch_means.append(outputs.loss.item())

@@ -12,7 +12,8 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import datasets
 import lightning as L
@@ -21,19 +22,36 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.data.checks import ROW, RowNumbering, describe_rows, number_rows
+from tunelab.data.checks import ROW, RowNumbering, check_empty_text_policy, describe_rows, number_rows
 from tunelab.data.sampling import (
     DistributedEvalSampler,
     DistributedLengthGroupedSampler,
     EpochLengthGroupedSampler,
     sorted_by_length,
 )
-from tunelab.data.sources import Source
+from tunelab.data.sources import Source, load
 from tunelab.errors import ConfigError, DataError, unwrap
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column a task family reads, named by the ``task.data.<key>`` config key.
+
+    ``target``: it holds the references (labels, answers, targets): a file to predict may lack it,
+    and metrics are computed when it is there. ``tunelab-predict`` offers ``--<key>`` for each.
+    """
+
+    key: str
+    help: str
+    target: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
 
 
 class ResumableDataLoader(DataLoader):
@@ -79,10 +97,16 @@ class TaskDataModule(L.LightningDataModule):
         group_by_length: batch training examples of similar length together (less padding).
         num_workers: DataLoader worker processes.
         pad_to_multiple_of: pad batch lengths to a multiple of this (tensor-core friendly on GPU).
+        empty_text: rows whose text (any text column of the family) is blank: ``drop`` them with a
+            warning naming them, or stop with an ``error`` naming them.
         seed: the run's seed, for the training order.
     """
 
     stratify_column: str | None = None
+    #: The columns the family reads (its ``task.data.*_column`` keys), described once.
+    columns: tuple[Column, ...] = ()
+    #: What ``tunelab-predict`` writes by default (``.csv``, or ``.jsonl`` for lists such as tags).
+    prediction_suffix: str = ".csv"
 
     def __init__(
         self,
@@ -99,9 +123,12 @@ class TaskDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
+        empty_text: Literal["drop", "error"] = "drop",
         seed: int = 0,
     ):
         super().__init__()
+        check_empty_text_policy(empty_text)
+        self.empty_text = empty_text
         self.tokenizer = tokenizer
         self.source_cfg = source
         self.split_names = dict(splits) if splits else None
@@ -148,8 +175,13 @@ class TaskDataModule(L.LightningDataModule):
     @classmethod
     def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
         """Datamodule arguments to score a new file with ``columns`` using an exported model
-        (``export`` is its ``tunelab.json``), e.g. no label column when the file has none."""
-        return {}
+        (``export`` is its ``tunelab.json``): a ``target`` column the file lacks is left out (no metrics)."""
+        return {c.key: None for c in cls.columns if c.target and data_cfg.get(c.key) and data_cfg[c.key] not in columns}
+
+    @classmethod
+    def prediction_source(cls, data_file: str, data_cfg: Mapping[str, Any], encoding: str) -> Source:
+        """The file ``tunelab-predict`` scores, as a one-split (``test``) source."""
+        return load(path="", data_files={"test": str(data_file)}, encoding=encoding)
 
     def module_kwargs(self) -> dict[str, Any]:
         """What the task module needs to know about the data (e.g. the label names)."""
@@ -311,3 +343,16 @@ class TaskDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, self.eval_order("test"))
+
+
+def families() -> list[type[TaskDataModule]]:
+    """Every task family's datamodule class (those ``tunelab.data`` imports), base classes first."""
+    import tunelab.data  # noqa: F401  (imports every family)
+
+    found, todo = [], list(TaskDataModule.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+

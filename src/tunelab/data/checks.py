@@ -57,6 +57,9 @@ class RowNumbering:
     builder: str | None = None
     delimiter: str = ","
     encoding: str = "utf-8"
+    #: Per file, the line each record starts on, for readers of formats ``datasets`` has no builder for
+    #: (CoNLL: a record is a sentence of several lines); such records are named ``sentences at lines ...``.
+    record_lines: tuple[tuple[int, ...], ...] = ()
 
     def describe(self, rows: Sequence[int], total: int | None = None) -> str:
         """``rows`` (positions in the split as loaded, from 0) as the user's file numbers them,
@@ -76,6 +79,8 @@ class RowNumbering:
 
     def _describe_file(self, found: list[tuple[int, int | None]]) -> str:
         records, lines = [r for r, _ in found], [line for _, line in found]
+        if self.record_lines:
+            return f"{_noun('sentence', len(lines))} at {_noun('line', len(lines))} {_join(lines)}"
         if self.builder == "csv":
             return (f"data {_noun('row', len(records))} {_join(records)} "
                     f"(file {_noun('line', len(lines))} {_join(lines)})")
@@ -89,9 +94,10 @@ class RowNumbering:
         located: list[tuple[str, int, int | None]] = []
         pending = list(rows)
         offset = 0  # records in the files before this one
-        for file in self.files:
+        for index, file in enumerate(self.files):
             count = 0
-            for count, line in enumerate(self._record_lines(Path(file)), start=1):
+            starts = self.record_lines[index] if self.record_lines else self._record_lines(Path(file))
+            for count, line in enumerate(starts, start=1):
                 while pending and pending[0] == offset + count - 1:
                     located.append((file, count, line))
                     pending.pop(0)
@@ -206,3 +212,15 @@ def drop_empty(ds: datasets.Dataset, empty: Sequence[int], policy: str, what: st
     log.warning("dropped %d rows with %s from split '%s' (%s): %s", len(empty), what, split, where, rows)
     gone = set(empty)
     return ds.select([i for i in range(len(ds)) if i not in gone])
+
+
+def check_texts(ds: datasets.Dataset, text: Mapping[str, str], split: str, where: str, policy: str,
+                numbering: RowNumbering, others: Mapping[str, str] | None = None,
+                what: str = "empty text") -> datasets.Dataset:
+    """The check every family runs first: the ``text`` columns (``{config key: column}``) and the
+    ``others`` (labels, answers, ...) exist, the text columns hold text, and rows where any text is
+    blank follow ``policy`` (``task.data.empty_text``: drop with a warning, or an error naming them)."""
+    require_columns(ds, {**text, **(others or {})}, split, where)
+    require_text(ds, text, split, where)
+    return drop_empty(ds, empty_rows(ds, list(text.values())), policy, what, split, where, numbering)
+

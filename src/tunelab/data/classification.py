@@ -6,20 +6,13 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 from transformers import DataCollatorWithPadding
 
-from tunelab.data.base import TaskDataModule
-from tunelab.data.checks import (
-    MAX_ROWS_SHOWN,
-    check_empty_text_policy,
-    drop_empty,
-    empty_rows,
-    require_columns,
-    require_text,
-)
+from tunelab.data.base import Column, TaskDataModule
+from tunelab.data.checks import MAX_ROWS_SHOWN, check_texts
 from tunelab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,11 +41,15 @@ class ClassificationDataModule(TaskDataModule):
         text_column, text_pair_column, label_column: column names in the source; ``label_column=None``
             for unlabelled data (prediction only).
         labels: the declared label set, in id order; ``None`` infers it from the training split.
-        empty_text: ``drop`` rows whose text is empty (and say how many), or raise an ``error``.
         **kwargs: see ``TaskDataModule``.
     """
 
     stratify_column = "labels"
+    columns = (
+        Column("text_column", "the text"),
+        Column("text_pair_column", "the second text of a pair"),
+        Column("label_column", "the label (metrics are computed when present)", target=True),
+    )
 
     def __init__(
         self,
@@ -61,15 +58,12 @@ class ClassificationDataModule(TaskDataModule):
         text_pair_column: str | None = None,
         label_column: str | None = "label",
         labels: Sequence[Any] | None = None,
-        empty_text: Literal["drop", "error"] = "drop",
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        check_empty_text_policy(empty_text)
         self.text_columns = [c for c in (text_column, text_pair_column) if c]
         self.label_column = label_column
         self.labels: list[str] | None = [str(x) for x in labels] if labels is not None else None
-        self.empty_text = empty_text
 
     def module_kwargs(self) -> dict[str, Any]:
         return {"labels": self.labels}
@@ -80,10 +74,7 @@ class ClassificationDataModule(TaskDataModule):
 
     @classmethod
     def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
-        label_column = data_cfg.get("label_column")
-        if label_column and label_column not in columns:
-            kwargs["label_column"] = None  # unlabelled: predictions only
+        kwargs = super().prediction_kwargs(data_cfg, columns, export)
         id2label = export["config_kwargs"].get("id2label")
         if id2label:
             kwargs["labels"] = [id2label[i] for i in range(len(id2label))]
@@ -103,11 +94,8 @@ class ClassificationDataModule(TaskDataModule):
         return [_label_string(v) for v in values]
 
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
-        text = self._text_keys()
-        require_columns(ds, {**text, **({"label_column": self.label_column} if self.label_column else {})}, split, where)
-        require_text(ds, text, split, where)
-        ds = drop_empty(ds, empty_rows(ds, self.text_columns), self.empty_text, "empty text", split, where,
-                        self.numbering[split])
+        ds = check_texts(ds, self._text_keys(), split, where, self.empty_text, self.numbering[split],
+                         {"label_column": self.label_column} if self.label_column else None)
         if not self.label_column:
             return ds
         missing = [i for i, v in enumerate(self._label_strings(ds)) if v is None]

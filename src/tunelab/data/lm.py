@@ -6,7 +6,7 @@ examples, concatenated and cut into blocks (``group_texts``); the last, shorter 
 row is cut into its own blocks and the blocks remember their row (per-row scores in prediction).
 
 Targets:
-- ``clm``: labels = input ids (the model shifts them); padding gets -100.
+- ``clm``: labels = input ids (the model shifts them); padding gets ``IGNORE_INDEX``.
 - ``mlm``: ``DataCollatorForLanguageModeling`` masks 15% of the non-special tokens (80% [MASK],
   10% random, 10% kept). Training masks are drawn per batch from a generator seeded by the run's
   seed (reproducible, new masks every epoch). Validation and test blocks are masked once, when they
@@ -27,15 +27,14 @@ import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-from tunelab.data.base import TaskDataModule
-from tunelab.data.checks import ROW, require_columns, require_text
+from tunelab.batch import IGNORE_INDEX, META
+from tunelab.data.base import Column, TaskDataModule
+from tunelab.data.checks import ROW, check_texts
 from tunelab.errors import ConfigError, DataError
-from tunelab.tasks.base import META
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("mlm", "clm")
-IGNORE = -100  # label of tokens that are not predicted
 
 
 class LMCollator:
@@ -69,6 +68,8 @@ class LanguageModelingDataModule(TaskDataModule):
             ``data_seed``, sizes and label ids; labels are encoded in sorted order).
         **kwargs: see ``TaskDataModule`` (``max_length`` is ``block_size`` here).
     """
+
+    columns = (Column("text_column", "the text scored (a .txt file: one row per line)"),)
 
     def __init__(
         self,
@@ -111,7 +112,7 @@ class LanguageModelingDataModule(TaskDataModule):
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ConfigError(f"tokenizer {tokenizer.name_or_path} has neither a pad nor an eos token to pad blocks with")
-            tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style; labels of padding are -100 anyway
+            tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style; labels of padding are IGNORE_INDEX anyway
             log.info("tokenizer has no pad token: padding with eos (%s)", tokenizer.eos_token)
 
     # --- hooks ---------------------------------------------------------------------------------
@@ -127,17 +128,11 @@ class LanguageModelingDataModule(TaskDataModule):
         return kwargs
 
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
-        column = self.text_column
-        require_columns(ds, {"text_column": column, **({"stratify_column": self.stratify_column}
-                                                      if self.stratify_column else {})}, split, where)
-        require_text(ds, {"text_column": column}, split, where)
+        ds = check_texts(ds, {"text_column": self.text_column}, split, where, self.empty_text, self.numbering[split],
+                         {"stratify_column": self.stratify_column} if self.stratify_column else None,
+                         what="no text (e.g. blank lines)")
         if self.stratify_column and not isinstance(ds.features[self.stratify_column], datasets.ClassLabel):
             ds = ds.class_encode_column(self.stratify_column)
-        before = len(ds)
-        ds = ds.filter(lambda texts: [t is not None and bool(t.strip()) for t in texts], batched=True,
-                       input_columns=column, desc=f"Dropping empty rows of {split}")
-        if len(ds) < before:
-            log.info("split '%s': skipped %d empty rows of %d", split, before - len(ds), before)
         return ds
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
@@ -153,7 +148,7 @@ class LanguageModelingDataModule(TaskDataModule):
 
     def collate_fn(self) -> Callable:
         if self._collator is None:  # one per datamodule: the masking generator runs on across epochs
-            pad = DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=IGNORE, pad_to_multiple_of=self.pad_to_multiple_of)
+            pad = DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=self.pad_to_multiple_of)
             mask = None
             if self.objective == "mlm":
                 mask = DataCollatorForLanguageModeling(

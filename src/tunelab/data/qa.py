@@ -23,13 +23,14 @@ from typing import Any, Literal
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.data.base import TaskDataModule
-from tunelab.data.checks import ROW, empty_rows, require_columns, require_text
+from tunelab.batch import with_meta
+from tunelab.data.base import Column, TaskDataModule
+from tunelab.data.checks import ROW, check_texts
 from tunelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# Per-feature bookkeeping the model does not take; the collator moves it to batch["meta"].
+# Per-feature bookkeeping the model does not take; the collator moves it to the batch's META.
 META_COLUMNS = ("example_id", "context_start", "context_end", "cls_index", "offset_mapping", "question", "context",
                 "answer_texts")
 ANSWERS_FEATURE = datasets.Sequence({"text": datasets.Value("string"), "answer_start": datasets.Value("int32")})
@@ -46,9 +47,7 @@ class QACollator:
         meta = {k: [f.pop(k) for f in features] for k in META_COLUMNS if k in features[0]}
         batch = self.tokenizer.pad(features, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
                                    padding_side="right", return_tensors="pt")
-        if meta:
-            batch["meta"] = meta
-        return batch
+        return with_meta(batch, meta)
 
 
 def _parse_answers(value: Any) -> tuple[list[str], list[int]] | None:
@@ -79,10 +78,17 @@ class QuestionAnsweringDataModule(TaskDataModule):
             answers (prediction only).
         allow_no_answer: accept questions without an answer (SQuAD 2.0); otherwise they are an error.
         stride: tokens shared by consecutive windows of a context longer than ``max_length``.
+        empty_text: an empty question or context: ``error`` (naming the rows) or ``drop`` them.
         bad_answers: what to do with a gold answer whose text is not at its ``answer_start`` in
             the context: ``error`` (naming the rows) or ``drop`` the row (with a warning).
         **kwargs: see ``TaskDataModule`` (``max_length`` is the window length in tokens).
     """
+
+    columns = (
+        Column("question_column", "the question"),
+        Column("context_column", "the context the answer is taken from"),
+        Column("answers_column", "SQuAD answers {text, answer_start} (metrics are computed when present)", target=True),
+    )
 
     def __init__(
         self,
@@ -93,9 +99,10 @@ class QuestionAnsweringDataModule(TaskDataModule):
         allow_no_answer: bool = False,
         stride: int = 128,
         bad_answers: Literal["error", "drop"] = "error",
+        empty_text: Literal["drop", "error"] = "error",
         **kwargs: Any,
     ):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, empty_text=empty_text, **kwargs)
         if bad_answers not in ("error", "drop"):
             raise ConfigError(f"task.data.bad_answers must be 'error' or 'drop', got {bad_answers!r}")
         if not 0 <= stride < self.max_length:
@@ -119,24 +126,12 @@ class QuestionAnsweringDataModule(TaskDataModule):
     def has_targets(self) -> bool:
         return bool(self.answers_column)
 
-    @classmethod
-    def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
-        answers = data_cfg.get("answers_column")
-        return {"answers_column": None} if answers and answers not in columns else {}
-
     # --- validation -----------------------------------------------------------------------------
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
         text = {"question_column": self.question_column, "context_column": self.context_column}
-        require_columns(ds, {**text, **({"answers_column": self.answers_column} if self.answers_column else {})},
-                        split, where)
-        require_text(ds, text, split, where)
-        for key, column in text.items():
-            empty = empty_rows(ds, [column])
-            if empty:
-                raise DataError(
-                    f"{len(empty)} rows in split '{split}' of {where} have an empty '{column}' "
-                    f"(task.data.{key}): {self.rows(ds, split, empty)}"
-                )
+        ds = check_texts(ds, text, split, where, self.empty_text, self.numbering[split],
+                         {"answers_column": self.answers_column} if self.answers_column else None,
+                         what=f"an empty question or context ('{self.question_column}', '{self.context_column}')")
         if not self.answers_column:
             return ds
         return self._check_answers(ds, ds[self.context_column], split, where)

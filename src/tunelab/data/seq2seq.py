@@ -3,7 +3,7 @@
 Sources come from two columns (``source_column``/``target_column``) or, for Hub translation pairs
 such as WMT16, from one column of ``{language: text}`` dicts (``translation_column`` with
 ``source_lang``/``target_lang``). Targets are tokenized with ``text_target`` (the target-side
-tokenizer for Marian, mBART and NLLB), and padded with -100 by ``DataCollatorForSeq2Seq``; the
+tokenizer for Marian, mBART and NLLB), and padded with ``IGNORE_INDEX`` by ``DataCollatorForSeq2Seq``; the
 source and reference texts travel in the batch's ``meta`` for metrics and samples.
 """
 
@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 from transformers import DataCollatorForSeq2Seq
 
-from tunelab.data.base import TaskDataModule
-from tunelab.data.checks import blank, check_empty_text_policy, drop_empty, require_columns
+from tunelab.batch import IGNORE_INDEX, with_meta
+from tunelab.data.base import Column, TaskDataModule
+from tunelab.data.checks import blank, drop_empty, require_columns
 from tunelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 SOURCE, REFERENCE = "source_text", "reference_text"  # text columns kept next to the features
-META = "meta"  # the batch entry the model does not get (tunelab.tasks.base.META; not imported: circular)
 
 
 class Seq2SeqDataModule(TaskDataModule):
@@ -38,9 +38,14 @@ class Seq2SeqDataModule(TaskDataModule):
             (``tokenizer.src_lang``/``tgt_lang`` of mBART, NLLB, M2M100: use their codes, e.g. ``en_XX``).
         source_prefix: text put before every source, e.g. T5's ``"summarize: "``.
         max_length: source truncation length in tokens; ``max_target_length`` for targets.
-        empty_text: ``drop`` rows with an empty source or target (and say how many), or raise an ``error``.
         **kwargs: see ``TaskDataModule``.
     """
+
+    columns = (
+        Column("source_column", "the source text"),
+        Column("target_column", "the reference text (metrics are computed when present)", target=True),
+        Column("translation_column", "{language: text} pairs (Hub translation datasets)"),
+    )
 
     def __init__(
         self,
@@ -52,11 +57,9 @@ class Seq2SeqDataModule(TaskDataModule):
         target_lang: str | None = None,
         source_prefix: str | None = None,
         max_target_length: int = 64,
-        empty_text: Literal["drop", "error"] = "drop",
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        check_empty_text_policy(empty_text)
         if translation_column and not (source_lang and target_lang):
             raise ConfigError(
                 f"task.data.translation_column={translation_column} needs task.data.source_lang and task.data.target_lang "
@@ -68,7 +71,6 @@ class Seq2SeqDataModule(TaskDataModule):
         self.source_lang, self.target_lang = source_lang, target_lang
         self.source_prefix = source_prefix or ""
         self.max_target_length = max_target_length
-        self.empty_text = empty_text
         self._set_tokenizer_languages()
 
     def _set_tokenizer_languages(self) -> None:
@@ -97,10 +99,7 @@ class Seq2SeqDataModule(TaskDataModule):
     def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
         if data_cfg.get("translation_column") and data_cfg["translation_column"] in columns:
             return {}
-        kwargs: dict[str, Any] = {"translation_column": None}
-        if data_cfg.get("target_column") not in columns:
-            kwargs["target_column"] = None  # unlabelled: generate only
-        return kwargs
+        return {"translation_column": None, **super().prediction_kwargs(data_cfg, columns, export)}
 
     # --- validation -----------------------------------------------------------------------------
     def _columns(self) -> dict[str, str]:
@@ -149,7 +148,7 @@ class Seq2SeqDataModule(TaskDataModule):
         return encoded
 
     def collate_fn(self) -> Callable:
-        pad = DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100, pad_to_multiple_of=self.pad_to_multiple_of)
+        pad = DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=self.pad_to_multiple_of)
 
         def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
             texts = [SOURCE, REFERENCE]
@@ -157,7 +156,6 @@ class Seq2SeqDataModule(TaskDataModule):
             batch = pad([{k: v for k, v in f.items() if k not in texts} for f in features])
             if batch.get("labels", 0) is None:  # the collator sets labels=None for unlabelled features
                 del batch["labels"]
-            batch[META] = meta
-            return batch
+            return with_meta(batch, meta)
 
         return collate

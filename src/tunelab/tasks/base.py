@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -15,13 +15,13 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from tunelab.batch import model_inputs
 from tunelab.errors import ConfigError
 from tunelab.exported import export_info, write_export_info
 from tunelab.models import load_model
 from tunelab.trusted import OPTIMIZER, TUNING, check_remote_code, check_tree
 from tunelab.tuning.base import TuningStrategy
 
-META = "meta"  # batch key for what the model does not take: example ids, offsets, reference texts
 # Forward arguments of decoders' loss passes: no key/value cache is needed, and one filled in the forward
 # pass would change what activation checkpointing (trainer=fsdp) recomputes in the backward pass.
 NO_KV_CACHE = {"use_cache": False}
@@ -39,9 +39,9 @@ def in_row_order(values: list[Any], order: list[int]) -> list[Any]:
     return out
 
 
-def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The batch without its ``meta`` entry (per-example bookkeeping such as QA offsets or ids)."""
-    return {k: v for k, v in batch.items() if k != META}
+def label_config(labels: Sequence[str]) -> dict[str, Any]:
+    """Config kwargs of a head over ``labels`` (names in id order): exports name their classes."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
 
 
 def _plain(cfg: Any) -> Any:
@@ -62,8 +62,10 @@ def no_decay_parameter_names(model: nn.Module) -> set[str]:
 class TaskModule(L.LightningModule):
     """Base of all task modules.
 
-    Subclasses set ``auto_model_class``, pass config kwargs for it (e.g. ``num_labels``) to
-    ``build``, and implement ``build_metrics`` and ``update_metrics``.
+    A task family subclasses it: it sets ``auto_model_class``, takes its own arguments in ``__init__``
+    (saved as hyperparameters with the others, read back through ``self.hparams``) and implements
+    ``config_kwargs`` (e.g. ``num_labels``), ``build_metrics`` and ``update_metrics``. This class
+    saves the hyperparameters and builds the model once every ``__init__`` argument is known.
 
     Args:
         model: a ``model/*.yaml`` config (name_or_path, revision, from_scratch, ...).
@@ -73,6 +75,8 @@ class TaskModule(L.LightningModule):
     """
 
     auto_model_class: type
+    #: ``__init__`` arguments not saved as hyperparameters (objects the datamodule passes, e.g. a tokenizer).
+    unsaved_arguments: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -95,6 +99,9 @@ class TaskModule(L.LightningModule):
         self.tuning: TuningStrategy = instantiate(tuning) if tuning else TuningStrategy()
         self.pretrained = pretrained
         self.model: nn.Module
+        # from every __init__ in the class chain: Lightning reads the callers' frames
+        self.save_hyperparameters(ignore=list(self.unsaved_arguments), logger=False)
+        self.build(**self.config_kwargs())
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
@@ -110,7 +117,7 @@ class TaskModule(L.LightningModule):
             _FROM_CHECKPOINT.reset(token)
 
     def build(self, **config_kwargs: Any) -> None:
-        """Load the backbone + head and apply the tuning strategy (or load a tuned export)."""
+        """Load the backbone + head with ``config_kwargs`` and apply the tuning strategy (or load a tuned export)."""
         self.config_kwargs = config_kwargs
         if self.pretrained:
             self.model = self.tuning.load_pretrained(self.auto_model_class, self.model_cfg, Path(self.pretrained), **config_kwargs)
@@ -128,10 +135,16 @@ class TaskModule(L.LightningModule):
         self.eval_losses = nn.ModuleDict()  # per stage (val, test, test_<name>): the mean loss over examples
 
     # --- task hooks ------------------------------------------------------------------------------
+    def config_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the model config (``num_labels``, ``id2label``, ...), from ``self.hparams``;
+        a family may also refuse a model here whose head exists but would train the wrong thing."""
+        return {}
+
     def build_metrics(self) -> MetricCollection:
         raise NotImplementedError
 
-    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, torch.Tensor]) -> None:
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any], stage: str) -> None:
+        """Add one evaluation batch to ``metrics``; ``stage`` is ``val``, ``test`` or ``test_<name>``."""
         raise NotImplementedError
 
     def metric_values(self, metrics: MetricCollection) -> dict[str, float]:
@@ -174,7 +187,7 @@ class TaskModule(L.LightningModule):
         self.eval_losses[stage].update(outputs.loss.detach(), weight=size)
         self.log(f"{stage}/loss", self.eval_losses[stage], on_epoch=True, batch_size=size, add_dataloader_idx=False,
                  metric_attribute=f"eval_losses.{stage}")
-        self.update_metrics(metrics, outputs, batch)
+        self.update_metrics(metrics, outputs, batch, stage)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")

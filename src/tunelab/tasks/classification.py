@@ -9,8 +9,9 @@ import torch
 from torchmetrics import MetricCollection
 from transformers import AutoModelForSequenceClassification
 
+from tunelab.batch import model_inputs
 from tunelab.metrics.classification import classification_metrics, flatten_metrics
-from tunelab.tasks.base import TaskModule, in_row_order
+from tunelab.tasks.base import TaskModule, in_row_order, label_config
 
 
 class SequenceClassificationModule(TaskModule):
@@ -20,26 +21,25 @@ class SequenceClassificationModule(TaskModule):
 
     def __init__(self, labels: Sequence[str], model: Mapping[str, Any], optimizer: Mapping[str, Any], **kwargs: Any):
         super().__init__(model=model, optimizer=optimizer, **kwargs)
-        self.labels = list(labels)
-        self.save_hyperparameters(logger=False)
-        self.build(
-            num_labels=len(self.labels),
-            id2label=dict(enumerate(self.labels)),
-            label2id={label: i for i, label in enumerate(self.labels)},
-        )
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(label) for label in self.hparams.labels]
+
+    def config_kwargs(self) -> dict[str, Any]:
+        return label_config(self.labels)
 
     def build_metrics(self) -> MetricCollection:
         return classification_metrics(len(self.labels))
 
-    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, torch.Tensor]) -> None:
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, torch.Tensor], stage: str) -> None:
         metrics.update(outputs.logits.argmax(-1), batch["labels"])
 
     def metric_values(self, metrics: MetricCollection) -> dict[str, float]:
         return flatten_metrics(metrics.compute(), self.labels)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        probs = self.model(**inputs).logits.float().softmax(-1)
+        probs = self.model(**model_inputs(batch, targets=False)).logits.float().softmax(-1)
         confidence, prediction = probs.max(-1)
         return {"prediction": prediction, "confidence": confidence, "probs": probs}
 

@@ -15,12 +15,11 @@ from torchmetrics import MetricCollection
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from tunelab.batch import IGNORE_INDEX, META
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.metrics.lm import lm_metrics
 from tunelab.models import load_config
-from tunelab.tasks.base import META, NO_KV_CACHE, TaskModule
-
-IGNORE = -100
+from tunelab.tasks.base import NO_KV_CACHE, TaskModule
 
 
 class LanguageModelModule(TaskModule):
@@ -36,15 +35,17 @@ class LanguageModelModule(TaskModule):
 
     def __init__(self, model: Mapping[str, Any], optimizer: Mapping[str, Any], objective: str | None = None, **kwargs: Any):
         super().__init__(model=model, optimizer=optimizer, **kwargs)
+
+    def config_kwargs(self) -> dict[str, Any]:
+        objective = self.hparams.objective
         if objective is not None and objective != self.objective:
             raise ConfigError(
                 f"task.data.objective={objective} but the task module {type(self).__name__} trains '{self.objective}': "
                 f"use task=mlm or task=clm (or set task.data.objective={self.objective})"
             )
-        self.save_hyperparameters(logger=False)
         if not self.pretrained:
             self.check_model(load_config(self.model_cfg))
-        self.build()
+        return {}
 
     def check_model(self, config: PretrainedConfig) -> None:
         """Refuse models whose head exists but would train the wrong thing (pairings without a
@@ -55,9 +56,9 @@ class LanguageModelModule(TaskModule):
 
     def target_tokens(self, labels: torch.Tensor) -> torch.Tensor:
         """Number of predicted tokens: the weight of the batch's mean loss."""
-        return (labels[:, self.shift :] != IGNORE).sum()
+        return (labels[:, self.shift :] != IGNORE_INDEX).sum()
 
-    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, torch.Tensor]) -> None:
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, torch.Tensor], stage: str) -> None:
         metrics.update(outputs.loss.detach().float(), self.target_tokens(batch["labels"]))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
@@ -66,8 +67,8 @@ class LanguageModelModule(TaskModule):
         length = labels.size(1)
         logits = self(batch).logits[:, -length:]  # prompt-tuning methods prepend virtual tokens
         logits, labels = logits[:, : length - self.shift], labels[:, self.shift :]
-        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-        return {"nll": nll.sum(-1), "tokens": (labels != IGNORE).sum(-1), "row": batch.get(META, {}).get("row")}
+        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        return {"nll": nll.sum(-1), "tokens": (labels != IGNORE_INDEX).sum(-1), "row": batch.get(META, {}).get("row")}
 
     def predictions_table(self, batches: list[dict[str, Any]], order: list[int]) -> dict[str, list]:
         """Per input row: target tokens scored and perplexity (empty when no token was scored)."""

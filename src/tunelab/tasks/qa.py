@@ -9,8 +9,9 @@ import torch
 from torchmetrics import MetricCollection
 from transformers import AutoModelForQuestionAnswering
 
+from tunelab.batch import META, model_inputs
 from tunelab.metrics.qa import best_spans, choose_answers, null_scores, qa_metrics, span_text
-from tunelab.tasks.base import META, TaskModule, model_inputs
+from tunelab.tasks.base import TaskModule
 
 
 class QuestionAnsweringModule(TaskModule):
@@ -38,14 +39,18 @@ class QuestionAnsweringModule(TaskModule):
         **kwargs: Any,
     ):
         super().__init__(model=model, optimizer=optimizer, **kwargs)
-        self.with_no_answer = with_no_answer
         self.n_best = n_best
         self.max_answer_length = max_answer_length
-        self.null_threshold = null_threshold
         self.num_samples = num_samples
-        self.save_hyperparameters(logger=False)
-        self.build()
         self._sample_windows: dict[str, dict[int, list[dict[str, Any]]]] = {}
+
+    @property
+    def with_no_answer(self) -> bool:
+        return self.hparams.with_no_answer
+
+    @property
+    def null_threshold(self) -> float:
+        return self.hparams.null_threshold
 
     def build_metrics(self) -> MetricCollection:
         return qa_metrics(self.with_no_answer, self.null_threshold)
@@ -67,14 +72,14 @@ class QuestionAnsweringModule(TaskModule):
             "answer_start": torch.tensor([begin for _, begin in spans]),
         }
 
-    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any]) -> None:
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any], stage: str) -> None:
         meta = batch[META]
         decoded = self.decode(outputs, meta)
         metrics.update(example_id=decoded["example_id"].to(self.device), span_score=decoded["span_score"].to(self.device),
                        span_text=decoded["text"], null_score=decoded["null_score"].to(self.device),
                        answers=meta["answer_texts"])
         if self.trainer.testing and self.num_samples:
-            self._keep_sample_windows(metrics.prefix.rstrip("/"), decoded, meta)
+            self._keep_sample_windows(stage, decoded, meta)
 
     # --- test samples ---------------------------------------------------------------------------
     def _keep_sample_windows(self, stage: str, decoded: dict[str, Any], meta: Mapping[str, list]) -> None:
@@ -110,8 +115,7 @@ class QuestionAnsweringModule(TaskModule):
 
     # --- prediction -----------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        inputs = {k: v for k, v in model_inputs(batch).items() if k not in ("start_positions", "end_positions")}
-        return self.decode(self.model(**inputs), batch[META])
+        return self.decode(self.model(**model_inputs(batch, targets=False)), batch[META])
 
     def _answers(self, example_id: torch.Tensor, span_score: torch.Tensor, null_score: torch.Tensor,
                  texts: list[str], answer_start: torch.Tensor | None = None) -> dict[str, list]:

@@ -14,9 +14,10 @@ import torch
 from torchmetrics import MetricCollection
 from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
+from tunelab.batch import META, model_inputs
 from tunelab.data.seq2seq import REFERENCE, SOURCE
 from tunelab.metrics.seq2seq import generation_metric_values, generation_metrics, update_generation_metrics
-from tunelab.tasks.base import META, NO_KV_CACHE, TaskModule, in_row_order, model_inputs
+from tunelab.tasks.base import NO_KV_CACHE, TaskModule, in_row_order
 
 
 class Seq2SeqModule(TaskModule):
@@ -32,8 +33,8 @@ class Seq2SeqModule(TaskModule):
     """
 
     forward_kwargs = NO_KV_CACHE
-
     auto_model_class = AutoModelForSeq2SeqLM
+    unsaved_arguments = ("tokenizer",)
 
     def __init__(
         self,
@@ -49,16 +50,11 @@ class Seq2SeqModule(TaskModule):
     ):
         super().__init__(model=model, optimizer=optimizer, **kwargs)
         self.tokenizer = tokenizer
-        self.metric_names = list(metrics)
-        self.rouge_keys = list(rouge_keys)
         self.generation = {**(generation or {}), **(data_generation or {})}
         self.save_samples = save_samples
-        self.save_hyperparameters(ignore=["tokenizer"], logger=False)
-        self._stage = "val"
-        self.build()
 
     def build_metrics(self) -> MetricCollection:
-        return generation_metrics(self.metric_names, self.rouge_keys)
+        return generation_metrics(list(self.hparams.metrics), list(self.hparams.rouge_keys))
 
     def metric_values(self, metrics: MetricCollection) -> dict[str, float]:
         return generation_metric_values(metrics.compute())
@@ -66,23 +62,18 @@ class Seq2SeqModule(TaskModule):
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any]) -> tuple[list[str], torch.Tensor]:
         """Generated texts and their lengths in tokens (without padding and special tokens)."""
-        inputs = {k: v for k, v in model_inputs(batch).items() if k not in ("labels", "decoder_input_ids")}
-        ids = self.model.generate(**inputs, **self.generation)
+        ids = self.model.generate(**model_inputs(batch, targets=False), **self.generation)
         special = torch.tensor(self.tokenizer.all_special_ids, device=ids.device)
         lengths = (~torch.isin(ids, special)).sum(-1)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True), lengths
 
-    def _eval_step(self, batch: dict[str, Any], metrics: MetricCollection, stage: str) -> None:
-        self._stage = stage  # for the test samples kept by update_metrics
-        super()._eval_step(batch, metrics, stage)
-
-    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any]) -> None:
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any], stage: str) -> None:
         predictions, lengths = self.generate(batch)
         meta = batch[META]
         update_generation_metrics(metrics, predictions, meta[REFERENCE], lengths)
-        kept = len(self.test_samples.get(self._stage, []))
+        kept = len(self.test_samples.get(stage, []))
         room = len(predictions) if self.save_samples is None else max(0, self.save_samples - kept)
-        self.add_samples(self._stage, [
+        self.add_samples(stage, [
             {"source": s, "reference": r, "output": p}
             for s, r, p in list(zip(meta[SOURCE], meta[REFERENCE], predictions, strict=True))[:room]
         ])
