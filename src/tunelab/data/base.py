@@ -167,6 +167,10 @@ class TaskDataModule(L.LightningDataModule):
         hidden ``ROW`` column, for messages (``self.numbering[split].describe(batch[ROW][j:j+1])``)."""
         return ds.map(self.tokenize, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
 
+    def feature_length(self, input_ids: list) -> int:
+        """A feature's length in tokens, for length grouping and the eval order (multiple choice: its longest choice)."""
+        return len(input_ids)
+
     @property
     def has_targets(self) -> bool:
         """Whether the data carries references (labels, answers, targets), so metrics can be computed."""
@@ -275,7 +279,7 @@ class TaskDataModule(L.LightningDataModule):
         for split, ds in splits.items():
             ds = self._subsample(ds, split)
             self.features[split] = self.featurize(ds, split)
-            self.lengths[split] = [len(ids) for ids in self.features[split]["input_ids"]]
+            self.lengths[split] = [self.feature_length(ids) for ids in self.features[split]["input_ids"]]
             self.examples[split] = ds.remove_columns(ROW)
         log.info("data: %s", ", ".join(f"{s} {len(d)}" for s, d in self.examples.items()))
 
