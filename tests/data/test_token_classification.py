@@ -43,6 +43,9 @@ def test_conll_reader_takes_a_column_of_conll2003_layout_and_tokens_only_files(t
     ds = conll(str(path)).splits["train"]
     assert ds["tokens"] == [["EU", "rejects"], ["Peter"]] and ds["tags"] == [["B-ORG", "O"], ["B-PER"]]
     assert conll(str(path), tag_column=1).splits["train"]["tags"][0] == ["NNP", "VBZ"]
+    piped = tmp_path / "piped.conll"
+    piped.write_text("New York|B-LOC\nis|O\n")
+    assert conll(str(piped), delimiter="|").splits["train"]["tokens"] == [["New York", "is"]]
     words = tmp_path / "words.conll"
     words.write_text("EU\nrejects\n\nPeter\n")
     assert conll(str(words)).splits["train"].column_names == ["tokens"]

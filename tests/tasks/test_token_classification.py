@@ -14,9 +14,11 @@ from transformers import pipeline
 
 from tests.helpers import compose_train
 from tests.ner_fixtures import tagged_rows, write_conll, write_jsonl
+from tunelab.batch import META
 from tunelab.config import CONFIG_DIR
 from tunelab.exported import load_run_model
-from tunelab.predict import predict
+from tunelab.predict import main, predict
+from tunelab.tasks.token_classification import TokenClassificationModule
 from tunelab.train import run
 
 TUNINGS = sorted(p.stem for p in (CONFIG_DIR / "tuning").glob("*.yaml") if p.stem != "distill")
@@ -109,3 +111,30 @@ def test_every_tuning_method_trains_and_its_export_reloads(tuning: str, tiny_ber
     assert predictions == [r["predicted"] for r in rows]  # the reloaded export (head included) tags as the module did
     model = load_run_model(out)
     assert type(model).__name__.endswith("ForTokenClassification") or "Peft" in type(model).__name__
+
+
+def test_the_tokens_column_flag_of_tunelab_predict(ner_run: tuple[Path, dict], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    run_dir, _ = ner_run
+    rows = samples(run_dir)[:5]
+    renamed = write_jsonl([{"words": r["tokens"]} for r in rows], tmp_path / "renamed.jsonl")
+    assert main([str(run_dir), str(renamed), "--tokens-column", "words"]) == 0
+    written = Path(json.loads(capsys.readouterr().out)["predictions"]).read_text().splitlines()
+    assert [json.loads(line)["predicted_tags"] for line in written] == [r["predicted"] for r in rows]
+
+
+@pytest.mark.parametrize(("mode", "f1"), [("default", 0.8), ("strict", 2 / 3)])
+def test_entity_mode_strict_counts_only_well_formed_entities(mode: str, f1: float, tiny_bert: Path) -> None:
+    """Gold: FRUIT at word 0 and WATER at words 2-3; predicted: the same, but WATER starts with I- (broken
+    in IOB2) and an extra I-FRUIT at word 5. Default mode: 3 predicted entities, 2 right (F1 0.8); strict:
+    only FRUIT is an entity, right (precision 1, recall 1/2)."""
+    labels = ["O", "B-FRUIT", "I-FRUIT", "B-WATER", "I-WATER"]
+    module = TokenClassificationModule(labels, model={"name_or_path": str(tiny_bert)}, optimizer={"_target_": "torch.optim.SGD"},
+                                       entity_mode=mode, tag_scheme="IOB2", num_samples=0)
+    gold, predicted = [1, 0, 3, 4, 0, 0], [1, 0, 4, 4, 0, 2]
+    logits = torch.nn.functional.one_hot(torch.tensor([[0, *predicted, 0]]), len(labels)).float()
+    batch = {"input_ids": torch.zeros(1, 8, dtype=torch.long),
+             META: {"example_id": [0], "word_ids": [list(range(6))], "positions": [list(range(1, 7))],
+                    "word_tags": [gold]}}
+    module.update_metrics(module.val_metrics, type("Out", (), {"logits": logits})(), batch, "val")
+    assert module.metric_values(module.val_metrics)["val/f1"] == pytest.approx(f1)

@@ -46,11 +46,8 @@ class TokenClassificationModule(TaskModule):
         return label_config(self.labels)
 
     def build_metrics(self) -> MetricCollection:
-        return MetricCollection({"entity": EntityMetrics(self.labels, self.hparams.entity_mode, self.hparams.tag_scheme)})
-
-    def metric_values(self, metrics: MetricCollection) -> dict[str, float]:
         """``precision``, ``recall``, ``f1`` (entities, micro), ``accuracy`` (words), ``f1/<type>``, ..."""
-        return {k.removeprefix("entity_"): v.item() for k, v in metrics.compute().items()}
+        return MetricCollection({"entity": EntityMetrics(self.labels, self.hparams.entity_mode, self.hparams.tag_scheme)})
 
     def word_predictions(self, logits: torch.Tensor, meta: Mapping[str, list]) -> list[list[int]]:
         """Per window, the predicted tag id of each word it scores (``O`` for a word without sub-tokens)."""
@@ -78,7 +75,7 @@ class TokenClassificationModule(TaskModule):
         metrics["entity"].update(as_tensor(sentence), as_tensor([w for ids in meta["word_ids"] for w in ids]),
                                  as_tensor([t for row in predicted for t in row]),
                                  as_tensor([t for row in meta["word_tags"] for t in row]))
-        if self.trainer.testing and self.num_samples:
+        if self.num_samples and self.trainer.testing:
             self._keep_samples(stage, meta, predicted)
 
     # --- test samples ---------------------------------------------------------------------------
