@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,3 +132,14 @@ def tiny_pretrained(finished_run: tuple[Path, dict], tmp_path_factory: pytest.Te
     AutoModelForSequenceClassification.from_pretrained(run_dir / "model").base_model.save_pretrained(path)
     AutoTokenizer.from_pretrained(run_dir / "model").save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """A tiny model gains nothing from a second thread, and loses a lot when the CPU is shared; a test module
+    asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

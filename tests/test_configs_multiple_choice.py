@@ -8,11 +8,10 @@ splits train + validation).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
 from tests.helpers import compose_train
@@ -32,12 +31,7 @@ SHORT = ["trainer.max_steps=2", "trainer.limit_val_batches=2", "trainer.limit_te
          "task.data.batch_size=8", "task.data.max_length=64"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_multiple_choice_tasks_are_shipped() -> None:

@@ -7,7 +7,6 @@ schema (id, title, context, question, answers{text, answer_start}; splits train 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +27,7 @@ SHORT = ["trainer.max_steps=2", "trainer.limit_val_batches=2", "trainer.limit_te
          "task.data.max_length=48", "task.data.stride=12", "task.data.batch_size=8"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

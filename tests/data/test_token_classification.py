@@ -131,3 +131,14 @@ def test_empty_sentences_are_dropped_by_default(tokenizer, tmp_path: Path, caplo
     with caplog.at_level(logging.WARNING):
         dm.setup("test")
     assert len(dm.examples["test"]) == 20 and "dropped 1 rows with an empty sentence" in caplog.text and "line 21" in caplog.text
+
+
+def test_a_slow_tokenizer_is_refused_with_the_fix() -> None:
+    from tunelab.errors import ConfigError
+
+    class SlowTokenizer:  # what a Python (non-Rust) tokenizer reports
+        is_fast = False
+
+    with pytest.raises(ConfigError, match=r"token classification needs a fast tokenizer \(word alignment\); "
+                                          r"SlowTokenizer is not one: point model.tokenizer at a model with a tokenizer.json"):
+        TokenClassificationDataModule(SlowTokenizer(), source={})

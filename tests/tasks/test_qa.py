@@ -4,7 +4,6 @@ reloads in plain transformers and gives the same logits; tunelab-predict writes 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,14 +19,7 @@ from tunelab.predict import main as predict_main
 from tunelab.tasks.qa import QuestionAnsweringModule
 from tunelab.train import run
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """A tiny model gains nothing from a second thread, and loses a lot when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,12 @@ class ResumableDataLoader(DataLoader):
         return itertools.islice(batches, skip, None) if skip else batches
 
 
+def export_labels(export: Mapping[str, Any]) -> list[str] | None:
+    """The label names of an exported model (its ``tunelab.json``), in id order; None without ``id2label``."""
+    id2label = export["config_kwargs"].get("id2label")
+    return [id2label[i] for i in range(len(id2label))] if id2label else None
+
+
 class TaskDataModule(L.LightningDataModule):
     """Loads, validates and tokenizes a dataset; serves dynamically padded batches.
 

@@ -224,3 +224,12 @@ def check_texts(ds: datasets.Dataset, text: Mapping[str, str], split: str, where
     require_text(ds, text, split, where)
     return drop_empty(ds, empty_rows(ds, list(text.values())), policy, what, split, where, numbering)
 
+
+def require_fast_tokenizer(tokenizer: Any, family: str, needs: str) -> None:
+    """A ConfigError unless ``tokenizer`` is a fast (Rust) one, which ``family`` needs for ``needs``."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"{family} needs a fast tokenizer ({needs}); {type(tokenizer).__name__} is not one: point "
+            "model.tokenizer at a model with a tokenizer.json"
+        )
+

@@ -11,7 +11,7 @@ from typing import Any
 import datasets
 from transformers import DataCollatorWithPadding
 
-from tunelab.data.base import Column, TaskDataModule
+from tunelab.data.base import Column, TaskDataModule, export_labels
 from tunelab.data.checks import MAX_ROWS_SHOWN, check_texts
 from tunelab.errors import DataError
 
@@ -75,9 +75,8 @@ class ClassificationDataModule(TaskDataModule):
     @classmethod
     def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
         kwargs = super().prediction_kwargs(data_cfg, columns, export)
-        id2label = export["config_kwargs"].get("id2label")
-        if id2label:
-            kwargs["labels"] = [id2label[i] for i in range(len(id2label))]
+        if labels := export_labels(export):
+            kwargs["labels"] = labels
         return kwargs
 
     def _text_keys(self) -> dict[str, str]:

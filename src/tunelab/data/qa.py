@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.batch import with_meta
 from tunelab.data.base import Column, TaskDataModule
-from tunelab.data.checks import ROW, check_texts
+from tunelab.data.checks import ROW, check_texts, require_fast_tokenizer
 from tunelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,7 @@ class QuestionAnsweringDataModule(TaskDataModule):
             raise ConfigError(f"task.data.bad_answers must be 'error' or 'drop', got {bad_answers!r}")
         if not 0 <= stride < self.max_length:
             raise ConfigError(f"task.data.stride ({stride}) must be >= 0 and below task.data.max_length ({self.max_length})")
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ConfigError(
-                f"extractive QA needs a fast tokenizer (character offsets); {type(self.tokenizer).__name__} is not one: "
-                "point model.tokenizer at a model with a tokenizer.json"
-            )
+        require_fast_tokenizer(self.tokenizer, "extractive QA", "character offsets")
         self.question_column = question_column
         self.context_column = context_column
         self.answers_column = answers_column

@@ -26,8 +26,8 @@ import datasets
 from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
 from tunelab.batch import IGNORE_INDEX, with_meta
-from tunelab.data.base import Column, TaskDataModule
-from tunelab.data.checks import MAX_ROWS_SHOWN, drop_empty, require_columns
+from tunelab.data.base import Column, TaskDataModule, export_labels
+from tunelab.data.checks import MAX_ROWS_SHOWN, drop_empty, require_columns, require_fast_tokenizer
 from tunelab.data.sources import Source
 from tunelab.errors import ConfigError, DataError
 from tunelab.metrics.entities import SCHEMES, infer_scheme
@@ -100,11 +100,7 @@ class TokenClassificationDataModule(TaskDataModule):
         if not 0 <= stride < self.max_length // 2:
             raise ConfigError(f"task.data.stride ({stride}) must be >= 0 and below half of task.data.max_length "
                               f"({self.max_length})")
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ConfigError(
-                f"token classification needs a fast tokenizer (word alignment); {type(self.tokenizer).__name__} is "
-                "not one: point model.tokenizer at a model with a tokenizer.json"
-            )
+        require_fast_tokenizer(self.tokenizer, "token classification", "word alignment")
         self.tokens_column = tokens_column
         self.tags_column = tags_column
         self.labels: list[str] | None = [str(t) for t in labels] if labels is not None else None
@@ -124,9 +120,8 @@ class TokenClassificationDataModule(TaskDataModule):
     @classmethod
     def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
         kwargs = super().prediction_kwargs(data_cfg, columns, export)
-        id2label = export["config_kwargs"].get("id2label")
-        if id2label:
-            kwargs["labels"] = [id2label[i] for i in range(len(id2label))]
+        if labels := export_labels(export):
+            kwargs["labels"] = labels
         return kwargs
 
     @classmethod
