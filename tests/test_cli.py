@@ -31,7 +31,7 @@ def test_help_lists_config_groups() -> None:
     for group in ("hparams_search", "task", "trainer", "tuning"):
         assert re.search(rf"^{group}: ", out, flags=re.MULTILINE), group
     assert {"ddp", "fsdp"} <= set(re.search(r"^trainer: (.+)$", out, flags=re.MULTILINE).group(1).split(", "))
-    assert "optimizer: adam, adamw, rmsprop, sgd" in out and "python train.py --cfg job" in out
+    assert "optimizer: adam, adamw, paged-adamw, rmsprop, sgd" in out and "python train.py --cfg job" in out
 
 
 def test_cfg_job_prints_the_composed_config() -> None:

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tests.conftest import make_rows
 from tests.helpers import compose_train
 from tunelab.config import CONFIG_DIR
+from tunelab.errors import ConfigError
 from tunelab.train import build_module, build_trainer, run
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -60,14 +63,47 @@ def test_every_group_option_is_covered() -> None:
         assert list((CONFIG_DIR / group).glob("*.yaml")), group
 
 
+OWN_FILE = {t: ["task.data.source.data_files.train=/data/x.csv"] for t in ("csv", "json")}  # their train file is ???
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], DictConfig]:
+    """Hydra compositions of every task (with the default model) and every model (with the default task)."""
+    tmp = tmp_path_factory.mktemp("compose")
+    return {**{("task", t): compose_train(tmp, f"task={t}", *OWN_FILE.get(t, [])) for t in TASKS},
+            **{("model", m): compose_train(tmp, f"model={m}") for m in MODELS}}
+
+
+def pair(composed: dict[tuple[str, str], DictConfig], model: str, task: str) -> DictConfig:
+    """``model=<model> task=<task>`` without a Hydra composition per pair (432+ of them took minutes): the
+    task's composition with the model group's node swapped in, which is what Hydra does for a model
+    yaml (no defaults list, package ``model``). ``test_a_pair_equals_its_hydra_composition`` checks it."""
+    cfg = composed[("task", task)].copy()
+    with open_dict(cfg):
+        cfg.model = composed[("model", model)].model
+    return cfg
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("task", TASKS)
-def test_every_model_task_pair_composes(model: str, task: str, tmp_path: Path) -> None:
-    extra = [f"task.data.source.data_files.train={tmp_path}/x.csv"] if task in ("csv", "json") else []
-    cfg = compose_train(tmp_path, f"model={model}", f"task={task}", *extra)
+def test_every_model_task_pair_composes(composed: dict[tuple[str, str], DictConfig], model: str, task: str) -> None:
+    cfg = pair(composed, model, task)
     assert cfg.model.name == model and cfg.task.name == task
     assert cfg.run_name == f"{task}-{model}-full"
     assert cfg.callbacks.model_checkpoint.monitor == cfg.task.monitor
+    # every interpolation of the task that reads the model (prefixes, architecture) resolves
+    OmegaConf.to_container(cfg.task, resolve=True, throw_on_missing=False)
+
+
+@pytest.mark.parametrize("model,task", [*((m, TASKS[i % len(TASKS)]) for i, m in enumerate(MODELS)),
+                                        *((MODELS[i % len(MODELS)], t) for i, t in enumerate(TASKS))])
+def test_a_pair_equals_its_hydra_composition(composed: dict[tuple[str, str], DictConfig], model: str, task: str,
+                                             tmp_path: Path) -> None:
+    hydra = compose_train(tmp_path, f"model={model}", f"task={task}", *OWN_FILE.get(task, []))
+    swapped = pair(composed, model, task)
+    for key in ("model", "task", "tuning", "optimizer"):
+        assert OmegaConf.to_container(swapped[key]) == OmegaConf.to_container(hydra[key]), key
+    assert swapped.run_name == hydra.run_name
 
 
 @pytest.mark.parametrize(
@@ -159,6 +195,10 @@ def test_offline_models_instantiate_for_real(model: str, tmp_path: Path) -> None
 def test_every_tuning_preset_instantiates_on_minilm(tuning: str, tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, "model=minilm", f"tuning={tuning}")
     assert cfg.optimizer.lr == cfg.tuning.lr  # each preset carries its learning rate
+    if tuning == "qlora" and not torch.cuda.is_available():  # its CPU run is tests/tuning/test_qlora.py
+        with pytest.raises(ConfigError, match="tuning=qlora needs a CUDA GPU"):
+            build_module(cfg, _Labels())
+        return
     module = build_module(cfg, _Labels())
     pct = module.parameter_counts()["trainable_pct"]
     assert pct == 100 if tuning == "full" else pct < 100

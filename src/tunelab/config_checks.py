@@ -3,8 +3,9 @@
 ``check_config(cfg)`` needs only the config: every key of a node with a ``_target_`` must be an
 argument of that class (a misspelt ``+optimizer.learning_rate`` gets "did you mean optimizer.lr?"),
 and batch sizes, lengths, split sizes, the learning rate and the trainer's epoch/step limits must be
-numbers that work. ``check_against_model(cfg, tokenizer)`` compares the lengths with the model's
-position limit once its tokenizer is loaded.
+numbers that work, and ``model.gradient_checkpointing`` must go with the trainer and the tuning method.
+``check_against_model(cfg, tokenizer)`` compares the lengths with the model's position limit once its
+tokenizer is loaded.
 
 Only ``_target_``s of the composed config (from ``configs/`` and the command line) are imported.
 """
@@ -41,6 +42,21 @@ def check_config(cfg: DictConfig) -> None:
     lr = _select(cfg, "optimizer.lr")
     if lr is not _ABSENT and not (_is_number(lr) and math.isfinite(lr) and lr >= 0):
         raise ConfigError(f"optimizer.lr must be a number >= 0, got {lr!r}")
+    _check_checkpointing(cfg)
+
+
+def _check_checkpointing(cfg: DictConfig) -> None:
+    """``model.gradient_checkpointing=true`` with neither FSDP's own checkpointing nor prefix tuning."""
+    if _select(cfg, "model.gradient_checkpointing") is not True:
+        return
+    policy = _select(cfg, "trainer.strategy.activation_checkpointing_policy")
+    if policy not in (_ABSENT, None):
+        raise ConfigError(f"model.gradient_checkpointing=true and trainer.strategy.activation_checkpointing_policy="
+                          f"{policy} would both checkpoint every block: keep one (under trainer=fsdp, the policy)")
+    if str(_select(cfg, "tuning.peft._target_")).endswith("PrefixTuningConfig"):
+        raise ConfigError("tuning=prefix does not work with model.gradient_checkpointing=true: its prefixes are a "
+                          "key/value cache, which checkpointed blocks drop (peft refuses the pair); set "
+                          "model.gradient_checkpointing=false, or use tuning=prompt, ptuning or lora")
 
 
 def check_against_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     EncoderDecoderConfig,
@@ -48,10 +50,36 @@ def remote_code(model_cfg: Mapping[str, Any]) -> bool:
     return value
 
 
+ARCHITECTURES = ("encoder", "encoder-decoder", "decoder")
+
+
+def architecture(model_cfg: Mapping[str, Any]) -> str:
+    """``model.architecture``: what generative tasks do with the model (``decoder``: prompt -> completion with
+    a causal LM; ``encoder-decoder``: source -> target). Classification, QA, ... take any of them."""
+    value = model_cfg.get("architecture") or ("encoder-decoder" if model_cfg.get("encoder_decoder") else "encoder")
+    if value not in ARCHITECTURES:
+        raise ConfigError(f"model.architecture must be one of {list(ARCHITECTURES)}, got {value!r}")
+    return value
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Decoders' tokenizers often have no pad token (GPT-2, Llama 3): pad with eos. Padding is never a target
+    (``IGNORE_INDEX``) and never attended to, and models find the last real token from the attention mask or
+    ``config.pad_token_id`` (set to the same id by ``load_model``)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"tokenizer {tokenizer.name_or_path} has neither a pad nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("tokenizer has no pad token: padding with eos (%s)", tokenizer.eos_token)
+    return tokenizer
+
+
 def load_tokenizer(model_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     name = tokenizer_name(model_cfg)
     with hub_errors("tokenizer", name, _fix(name)):
-        return AutoTokenizer.from_pretrained(name, revision=model_cfg.get("revision"), trust_remote_code=remote_code(model_cfg))
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=model_cfg.get("revision"),
+                                                  trust_remote_code=remote_code(model_cfg))
+    return ensure_pad_token(tokenizer)
 
 
 def model_path(name: str) -> str:
@@ -78,9 +106,26 @@ def load_config(model_cfg: Mapping[str, Any], **config_kwargs: Any) -> Pretraine
                                           **overrides, **config_kwargs)
 
 
+def is_decoder(config: PretrainedConfig) -> bool:
+    """A decoder-only model type: it has a causal-LM head and no masked-LM one (BERT has both)."""
+    return type(config) in AutoModelForCausalLM._model_mapping and type(config) not in AutoModelForMaskedLM._model_mapping
+
+
 def check_pairing(auto_class: type, config: PretrainedConfig, model_cfg: Mapping[str, Any]) -> None:
     """A clear error when the model has no head of the kind the task needs (e.g. QA on T5)."""
+    declared = architecture(model_cfg)
+    if declared == "decoder" and getattr(config, "is_encoder_decoder", False):
+        raise ConfigError(
+            f"model.architecture=decoder, but '{model_cfg['name_or_path']}' ({config.model_type}) is an "
+            f"encoder-decoder: set model.architecture=encoder-decoder"
+        )
     mapping = getattr(auto_class, "_model_mapping", None)
+    if mapping is not None and type(config) not in mapping and auto_class is AutoModelForSeq2SeqLM and is_decoder(config):
+        raise ConfigError(
+            f"model '{model_cfg.get('name', model_cfg['name_or_path'])}' ({config.model_type}) is a decoder, but "
+            f"model.architecture={declared}: set model.architecture=decoder (a decoder preset such as "
+            f"model=smollm2-135m has it), and generative tasks train it on prompt -> completion"
+        )
     if mapping is not None and type(config) not in mapping and auto_class is AutoModelForSeq2SeqLM:
         raise ConfigError(
             f"model '{model_cfg.get('name', model_cfg['name_or_path'])}' ({config.model_type}) is not an "
@@ -97,22 +142,49 @@ def check_pairing(auto_class: type, config: PretrainedConfig, model_cfg: Mapping
         )
 
 
-def load_model(auto_class: type, model_cfg: Mapping[str, Any], **config_kwargs: Any) -> PreTrainedModel:
-    """Pretrained weights from ``name_or_path``, or random init when ``from_scratch`` is set."""
+def load_model(auto_class: type, model_cfg: Mapping[str, Any], load_kwargs: Mapping[str, Any] | None = None,
+               **config_kwargs: Any) -> PreTrainedModel:
+    """Pretrained weights from ``name_or_path``, or random init when ``from_scratch`` is set. ``load_kwargs``
+    go to ``from_pretrained`` (a tuning strategy's ``load_kwargs()``, e.g. tuning=qlora's 4-bit quantisation)."""
+    if load_kwargs and (model_cfg.get("encoder_decoder") or model_cfg.get("from_scratch")):
+        raise ConfigError(f"the tuning loads pretrained weights with {', '.join(sorted(load_kwargs))} (tuning=qlora "
+                          "quantises them), which model.from_scratch and model.encoder_decoder do not load: use a "
+                          "pretrained checkpoint")
     if model_cfg.get("encoder_decoder"):
-        return load_encoder_decoder(auto_class, model_cfg, **config_kwargs)
+        return with_checkpointing(load_encoder_decoder(auto_class, model_cfg, **config_kwargs), model_cfg)
     config = load_config(model_cfg, **config_kwargs)
     check_pairing(auto_class, config, model_cfg)
+    if getattr(config, "pad_token_id", None) is None:  # decoders: sequence classification finds the last real token by it
+        config.pad_token_id = load_tokenizer(model_cfg).pad_token_id
     dtype = getattr(torch, model_cfg["dtype"]) if model_cfg.get("dtype") else None
     trust = remote_code(model_cfg)
     if model_cfg.get("from_scratch"):
-        return auto_class.from_config(config, dtype=dtype, trust_remote_code=trust)
+        return with_checkpointing(auto_class.from_config(config, dtype=dtype, trust_remote_code=trust), model_cfg)
     name = model_path(model_cfg["name_or_path"])
     with hub_errors("model", name, _fix(name)):
-        return auto_class.from_pretrained(
+        model = auto_class.from_pretrained(
             name, config=config, revision=model_cfg.get("revision"), dtype=dtype, ignore_mismatched_sizes=True,
-            trust_remote_code=trust,
+            trust_remote_code=trust, **(load_kwargs or {}),
         )
+    return with_checkpointing(model, model_cfg)
+
+
+def with_checkpointing(model: PreTrainedModel, model_cfg: Mapping[str, Any]) -> PreTrainedModel:
+    """``model.gradient_checkpointing=true``: each block's activations are recomputed in the backward pass
+    instead of kept (less memory, about a third more compute). Non-reentrant checkpointing, so gradients
+    reach the trainable parameters inside a block whatever the tuning method freezes around it."""
+    value = model_cfg.get("gradient_checkpointing") or False
+    if not isinstance(value, bool):
+        raise ConfigError(f"model.gradient_checkpointing must be true or false, got {value!r}")
+    if not value:
+        return model
+    if not model.supports_gradient_checkpointing:
+        raise ConfigError(f"model.gradient_checkpointing=true, but {type(model).__name__} does not support "
+                          "gradient checkpointing: set model.gradient_checkpointing=false")
+    # transformers 5.x: activation_checkpointing_enable is the new name (the old one warns from 5.2x on)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    return model
 
 
 def load_encoder_decoder(auto_class: type, model_cfg: Mapping[str, Any], **config_kwargs: Any) -> PreTrainedModel:

@@ -68,7 +68,9 @@ AUTO_CLASS = Allowed("transformers Auto model classes (transformers.AutoModelFor
 TASK = Allowed("tunelab data modules, data sources and task modules (tunelab.data.*, tunelab.tasks.*)",
                (Rule("tunelab.data", "tunelab.data.base.TaskDataModule"), Rule("tunelab.data.sources", None),
                 Rule("tunelab.tasks", "tunelab.tasks.base.TaskModule")))
-OPTIMIZER = Allowed("torch optimizers (torch.optim.*)", (Rule("torch.optim", "torch.optim.optimizer.Optimizer"),))
+OPTIMIZER = Allowed("torch optimizers (torch.optim.*) and bitsandbytes' (bitsandbytes.optim.*: paged, 8-bit)",
+                    (Rule("torch.optim", "torch.optim.optimizer.Optimizer"),
+                     Rule("bitsandbytes.optim", "torch.optim.optimizer.Optimizer")))
 
 
 def _refuse(file: str | os.PathLike, key: str, value: Any, why: str) -> TunelabError:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
-from transformers import DataCollatorWithPadding
+from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.base import Column, TaskDataModule, export_labels
 from tunelab.data.checks import MAX_ROWS_SHOWN, check_texts
@@ -32,6 +33,20 @@ def _label_string(value: Any) -> str | None:
         return str(int(value))
     text = str(value)
     return text if text.strip() else None
+
+
+@dataclass
+class ClassificationCollator:
+    """Pads on the right, whatever the tokenizer's ``padding_side`` (decoder checkpoints often say left, for
+    generation). A decoder's classifier reads the last non-pad token either way, but one with absolute position
+    embeddings (GPT-2) would number a left-padded text from the padding instead of its first token."""
+
+    tokenizer: PreTrainedTokenizerBase
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(self.tokenizer.pad(features, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
+                                       padding_side="right", return_tensors="pt"))
 
 
 class ClassificationDataModule(TaskDataModule):
@@ -169,8 +184,8 @@ class ClassificationDataModule(TaskDataModule):
             encoded["labels"] = batch["labels"]
         return encoded
 
-    def collate_fn(self) -> Callable:
-        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
+    def collate_fn(self) -> ClassificationCollator:
+        return ClassificationCollator(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
 
 
 class RegressionDataModule(ClassificationDataModule):

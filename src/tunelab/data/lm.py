@@ -31,6 +31,7 @@ from tunelab.batch import IGNORE_INDEX, META
 from tunelab.data.base import Column, TaskDataModule
 from tunelab.data.checks import ROW, check_texts
 from tunelab.errors import ConfigError, DataError
+from tunelab.models import ensure_pad_token
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,7 @@ class LanguageModelingDataModule(TaskDataModule):
                 f"({tokenizer.name_or_path}) has none: pick an encoder (model=minilm, bert, roberta, ...), "
                 "or use task=clm for a decoder such as model=gpt2"
             )
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ConfigError(f"tokenizer {tokenizer.name_or_path} has neither a pad nor an eos token to pad blocks with")
-            tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style; labels of padding are IGNORE_INDEX anyway
-            log.info("tokenizer has no pad token: padding with eos (%s)", tokenizer.eos_token)
+        ensure_pad_token(tokenizer)
 
     # --- hooks ---------------------------------------------------------------------------------
     def module_kwargs(self) -> dict[str, Any]:

@@ -122,7 +122,8 @@ class TaskModule(L.LightningModule):
         if self.pretrained:
             self.model = self.tuning.load_pretrained(self.auto_model_class, self.model_cfg, Path(self.pretrained), **config_kwargs)
         else:
-            backbone: PreTrainedModel = load_model(self.auto_model_class, self.model_cfg, **config_kwargs)
+            backbone: PreTrainedModel = load_model(self.auto_model_class, self.model_cfg,
+                                                   load_kwargs=self.tuning.load_kwargs(), **config_kwargs)
             backbone.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds (no dropout)
             self.model = self.tuning.apply(backbone)
         self.tuning_modules = nn.ModuleDict(self.tuning.modules())  # e.g. a teacher: moves with the module

@@ -25,8 +25,10 @@ from tunelab.tuning.base import TuningStrategy
 from tunelab.tuning.parts import find_blocks, head_parameter_names, train_only
 
 # Output projections, as names relative to a block (BERT/RoBERTa/DeBERTa, DistilBERT, GPT-2, T5, BART).
-ATTENTION_OUTPUTS = ("attention.output.dense", "attention.out_lin", "attn.c_proj", "SelfAttention.o", "self_attn.out_proj")
-FFN_OUTPUTS = ("output.dense", "ffn.lin2", "mlp.c_proj", "DenseReluDense.wo", "fc2")
+# Llama, Qwen2, Mistral and Gemma name them self_attn.o_proj and mlp.down_proj.
+ATTENTION_OUTPUTS = ("attention.output.dense", "attention.out_lin", "attn.c_proj", "SelfAttention.o", "self_attn.out_proj",
+                     "self_attn.o_proj")
+FFN_OUTPUTS = ("output.dense", "ffn.lin2", "mlp.c_proj", "DenseReluDense.wo", "fc2", "mlp.down_proj")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 WEIGHTS_FILE = "adapters.safetensors"
 CONFIG_FILE = "tunelab_adapters.json"

@@ -16,6 +16,7 @@ class TuningStrategy:
 
     A new method subclasses this in its own file and overrides what it changes:
 
+    - ``load_kwargs()``: extra ``from_pretrained`` arguments for loading the backbone (tuning=qlora: 4-bit).
     - ``apply(model)``: receives the full task model (backbone + head), returns the model to train.
     - ``loss(outputs, batch, task_loss)``: an extra training objective (distillation does this).
     - ``modules()``: extra modules the task module must hold (moved to the device with it).
@@ -28,6 +29,9 @@ class TuningStrategy:
         """``lr`` is the preset's learning rate, read by the optimizer config (``${tuning.lr}``)."""
         self.name = name or type(self).name
         self.lr = lr
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {}
 
     def apply(self, model: PreTrainedModel) -> nn.Module:
         return model

@@ -100,6 +100,9 @@ class Distill(TuningStrategy):
         kd = distillation_loss(outputs.logits, self.teacher(batch), self.temperature)
         return self.alpha * task_loss + (1 - self.alpha) * kd
 
+    def load_kwargs(self) -> dict[str, Any]:
+        return self.student.load_kwargs()  # e.g. a qlora student's 4-bit base
+
     def save(self, model: nn.Module, path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
         self.student.save(model, path, tokenizer)
 

@@ -106,5 +106,5 @@ class Peft(TuningStrategy):
             tokenizer.save_pretrained(path / "merged")
 
     def load_pretrained(self, auto_class: type, model_cfg: Mapping[str, Any], path: Path, **config_kwargs: Any) -> nn.Module:
-        base = load_model(auto_class, model_cfg, **config_kwargs)
+        base = load_model(auto_class, model_cfg, load_kwargs=self.load_kwargs(), **config_kwargs)
         return PeftModel.from_pretrained(base, path)
