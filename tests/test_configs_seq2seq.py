@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.data.test_instruct import alpaca_rows, write_jsonl
+from tests.decoder_fixtures import tiny_llama  # noqa: F401
 from tests.helpers import compose_train
 from tests.seq2seq_fixtures import SEQ2SEQ_FAST, make_pairs, tiny_bert_encoder, tiny_t5  # noqa: F401
 from tunelab.config import CONFIG_DIR
@@ -20,6 +22,7 @@ from tunelab.train import run
 
 SEQ2SEQ_TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml") if "_base/seq2seq@" in p.read_text())
 SEQ2SEQ_MODELS = ["t5-small", "bart-base", "marian-en-ro", "minilm2minilm"]
+DECODERS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml") if "architecture: decoder" in p.read_text())
 # Hub schemas: (source column, target column) or the translation dict's languages; source splits.
 HUB_SCHEMAS = {
     "xsum": (("document", "summary"), ["train", "validation", "test"]),
@@ -31,14 +34,14 @@ SHORT = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_te
 
 
 def test_the_seq2seq_options_exist() -> None:
-    assert {"xsum", "cnn_dailymail", "bbc-headlines", "wmt16-ro-en", "parallel"} <= set(SEQ2SEQ_TASKS)
+    assert {"xsum", "cnn_dailymail", "bbc-headlines", "wmt16-ro-en", "parallel", "instruct", "chitchat"} <= set(SEQ2SEQ_TASKS)
     assert all((CONFIG_DIR / "model" / f"{m}.yaml").is_file() for m in SEQ2SEQ_MODELS)
 
 
-@pytest.mark.parametrize("model", SEQ2SEQ_MODELS)
+@pytest.mark.parametrize("model", SEQ2SEQ_MODELS + DECODERS)
 @pytest.mark.parametrize("task", SEQ2SEQ_TASKS)
 def test_every_seq2seq_task_composes_with_every_seq2seq_model(task: str, model: str, tmp_path: Path) -> None:
-    extra = [f"task.data.source.data_files.train={tmp_path}/x.csv"] if task == "parallel" else []
+    extra = [f"task.data.source.data_files.train={tmp_path}/x.csv"] if task in ("parallel", "instruct") else []
     cfg = compose_train(tmp_path, f"task={task}", f"model={model}", *extra)
     assert cfg.task.family == "seq2seq" and cfg.callbacks.model_checkpoint.monitor == cfg.task.monitor
     prefix = cfg.task.data.source_prefix
@@ -48,13 +51,17 @@ def test_every_seq2seq_task_composes_with_every_seq2seq_model(task: str, model: 
         assert prefix == "translate English to Romanian: "
     else:
         assert not prefix
-    assert cfg.task.monitor == ("val/sacrebleu" if task in ("wmt16-ro-en", "parallel") else "val/rougeL")
+    assert cfg.task.data.architecture == cfg.task.module.architecture == ("decoder" if model in DECODERS else "encoder-decoder")
+    monitors = {"wmt16-ro-en": "val/sacrebleu", "parallel": "val/sacrebleu", "chitchat": "val/loss"}
+    assert cfg.task.monitor == monitors.get(task, "val/rougeL")
 
 
 def _stand_in(task: str, tmp_path: Path) -> list[str]:
     """Swap the task's source for local json files of the Hub dataset's schema."""
-    if task == "bbc-headlines":
+    if task in ("bbc-headlines", "chitchat"):
         return []  # offline data, the real thing
+    if task == "instruct":
+        return [f"task.data.source.data_files.train={write_jsonl(tmp_path / 'alpaca.jsonl', alpaca_rows(60))}"]
     if task == "parallel":
         path = tmp_path / "pairs.csv"
         make_pairs(60).to_csv(path, index=False)
@@ -79,11 +86,25 @@ def _stand_in(task: str, tmp_path: Path) -> list[str]:
 def test_every_seq2seq_task_trains_a_step(task: str, tiny_t5: Path, tmp_path: Path) -> None:  # noqa: F811
     cfg = compose_train(tmp_path / "run", f"task={task}", "model=t5-small", f"model.name_or_path={tiny_t5}",
                         *SEQ2SEQ_FAST[:-2], *SHORT, *_stand_in(task, tmp_path))
-    metrics = run(cfg)
+    check_a_step(run(cfg), task, tmp_path)
+
+
+def check_a_step(metrics: dict, task: str, tmp_path: Path) -> None:
     assert metrics["train"]["steps"] == 2
-    expected = {"sacrebleu", "chrf"} if task in ("wmt16-ro-en", "parallel") else {"rouge1", "rouge2", "rougeL"}
-    assert expected | {"loss", "gen_len"} == set(metrics["test"])
+    expected = {"parallel": {"sacrebleu", "chrf"}, "wmt16-ro-en": {"sacrebleu", "chrf"},
+                "instruct": {"rouge1", "rouge2", "rougeL", "chrf"}, "chitchat": {"rouge1", "rouge2", "rougeL", "chrf"}}
+    assert expected.get(task, {"rouge1", "rouge2", "rougeL"}) | {"loss", "gen_len"} == set(metrics["test"])
     assert (tmp_path / "run" / "samples" / "test.jsonl").is_file()
+
+
+@pytest.mark.parametrize("task", SEQ2SEQ_TASKS)
+def test_every_seq2seq_task_trains_a_step_on_a_decoder(task: str, tiny_llama: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Each task's prompt template (or chat template) on a tiny Llama: prompt -> completion."""
+    cfg = compose_train(tmp_path / "run", f"task={task}", "model=smollm2-135m", f"model.name_or_path={tiny_llama}",
+                        *SEQ2SEQ_FAST[:-2], *SHORT, *_stand_in(task, tmp_path))
+    check_a_step(run(cfg), task, tmp_path)
+    sample = json.loads((tmp_path / "run" / "samples" / "test.jsonl").read_text().splitlines()[0])
+    assert sample["source"] and sample["reference"]
 
 
 def test_bbc_headlines_trains_a_step_with_a_tiny_bert2bert(tiny_bert_encoder: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -260,6 +260,7 @@ class TaskDataModule(L.LightningDataModule):
                 parts = train.train_test_split(test_size=size, seed=self.data_seed)
             splits["train"], splits[split] = parts["train"], parts["test"]
             self.origin[split] = f"{self.origin['train']} (held out from train: {len(parts['test'])} rows)"
+            self.numbering[split] = self.numbering["train"]  # its rows keep their ids in the train file
 
     def _subsample(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         n = self.max_samples.get(split)

@@ -1,5 +1,11 @@
 """Sequence-to-sequence data (summarization, translation): a source text and a target text per row.
 
+On a decoder (``architecture: decoder``, from ``model.architecture``) a row becomes a prompt (the
+template or chat template of ``tunelab.data.prompts``) followed by its completion: ``labels`` are
+``IGNORE_INDEX`` on the prompt, so the loss covers the completion only, and the batch's ``meta`` holds the
+prompts left-padded for batched generation. ``max_length`` is then the whole sequence (prompt +
+completion) and ``max_target_length`` the completion.
+
 Sources come from two columns (``source_column``/``target_column``) or, for Hub translation pairs
 such as WMT16, from one column of ``{language: text}`` dicts (``translation_column`` with
 ``source_lang``/``target_lang``). Targets are tokenized with ``text_target`` (the target-side
@@ -14,16 +20,22 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import datasets
+import torch
 from transformers import DataCollatorForSeq2Seq
 
 from tunelab.batch import IGNORE_INDEX, with_meta
 from tunelab.data.base import Column, TaskDataModule
-from tunelab.data.checks import blank, drop_empty, require_columns
+from tunelab.data.checks import ROW, blank, drop_empty, require_columns, visible_columns
+from tunelab.data.prompts import SOURCE_FIELD, Encoded, Prompt
 from tunelab.errors import ConfigError, DataError
+from tunelab.models import ensure_pad_token
 
 log = logging.getLogger(__name__)
 
 SOURCE, REFERENCE = "source_text", "reference_text"  # text columns kept next to the features
+PROMPT_IDS, PROMPT_MASK = "prompt_input_ids", "prompt_attention_mask"  # decoders: the prompts, left-padded, in meta
+_PROMPT_LENGTH, _PROMPT_CUT, _TARGET_CUT = "prompt_length", "prompt_tokens_cut", "target_tokens_cut"
+CUT_FROM = {"source": "from the source's end", "start": "from the prompt's start"}
 
 
 class Seq2SeqDataModule(TaskDataModule):
@@ -36,8 +48,11 @@ class Seq2SeqDataModule(TaskDataModule):
             source and target are its ``source_lang`` and ``target_lang`` entries.
         source_lang, target_lang: language codes, also given to tokenizers that take them
             (``tokenizer.src_lang``/``tgt_lang`` of mBART, NLLB, M2M100: use their codes, e.g. ``en_XX``).
-        source_prefix: text put before every source, e.g. T5's ``"summarize: "``.
-        max_length: source truncation length in tokens; ``max_target_length`` for targets.
+        source_prefix: text put before every source, e.g. T5's ``"summarize: "`` (encoder-decoders).
+        architecture: ``encoder-decoder`` (source -> target) or ``decoder`` (prompt -> completion).
+        prompt: decoders: the ``tunelab.data.prompts.Prompt`` settings (template, chat, ...).
+        max_length: source truncation length in tokens (decoders: prompt + completion); ``max_target_length``
+            for targets.
         **kwargs: see ``TaskDataModule``.
     """
 
@@ -57,9 +72,16 @@ class Seq2SeqDataModule(TaskDataModule):
         target_lang: str | None = None,
         source_prefix: str | None = None,
         max_target_length: int = 64,
+        architecture: str = "encoder-decoder",
+        prompt: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.decoder = architecture == "decoder"
+        self.prompt = Prompt(**(prompt or {}))
+        if self.decoder:
+            ensure_pad_token(self.tokenizer)
+            self.prompt.check_tokenizer(self.tokenizer)
         if translation_column and not (source_lang and target_lang):
             raise ConfigError(
                 f"task.data.translation_column={translation_column} needs task.data.source_lang and task.data.target_lang "
@@ -89,6 +111,9 @@ class Seq2SeqDataModule(TaskDataModule):
                     f"({type(self.tokenizer).__name__}); use one of its codes, e.g. ro_RO or ron_Latn"
                 )
             generation["forced_bos_token_id"] = token_id  # the decoder starts with the target language
+        if self.decoder:  # stop at eos or the chat template's end of turn; pad (left) with the tokenizer's pad
+            generation["eos_token_id"] = self.prompt.stop_token_ids(self.tokenizer)
+            generation["pad_token_id"] = self.tokenizer.pad_token_id
         return {"tokenizer": self.tokenizer, "data_generation": generation}
 
     @property
@@ -119,6 +144,8 @@ class Seq2SeqDataModule(TaskDataModule):
 
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
         require_columns(ds, self._columns(), split, where)
+        if self.decoder:
+            self.prompt.check_columns(visible_columns(ds), split, where)
         if self.translation_column:
             first = ds[0][self.translation_column]
             for key, lang in (("source_lang", self.source_lang), ("target_lang", self.target_lang)):
@@ -135,6 +162,8 @@ class Seq2SeqDataModule(TaskDataModule):
 
     # --- features -------------------------------------------------------------------------------
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
+        if self.decoder:
+            return self._tokenize_prompts(batch)
         sources, targets = self._pairs(batch)
         sources = [str(s) for s in sources]
         encoded = self.tokenizer([self.source_prefix + s for s in sources], truncation=True, max_length=self.max_length,
@@ -147,7 +176,83 @@ class Seq2SeqDataModule(TaskDataModule):
             encoded[REFERENCE] = targets
         return encoded
 
+    def encode(self, row: Mapping[str, Any], target: str | None) -> Encoded:
+        """Decoders: one row's prompt ids, their labels and its completion ids (``tunelab.data.prompts``)."""
+        prompt, completion = self.prompt.encode(self.tokenizer, row, target)
+        return prompt, [IGNORE_INDEX] * len(prompt), completion
+
+    uses_conversations = False  # rows are chat conversations, without a source text to shorten
+
+    def _shorten_source(self, row: dict[str, Any], target: str | None, room: int) -> tuple[list[int], list[int]]:
+        """The prompt of ``row`` with its source text cut at the end until the prompt fits ``room`` tokens
+        (the instructions around the source stay whole)."""
+        source_ids = self.tokenizer(row[SOURCE_FIELD], add_special_tokens=False)["input_ids"]
+        prompt, labels, _ = self.encode(row, target)
+        keep = len(source_ids)
+        while len(prompt) > room and keep > 0:
+            keep = max(0, keep - (len(prompt) - room))
+            shorter = {**row, SOURCE_FIELD: self.tokenizer.decode(source_ids[:keep])}
+            prompt, labels, _ = self.encode(shorter, target)
+        return prompt, labels
+
+    def _tokenize_prompts(self, batch: dict[str, list]) -> dict[str, list]:
+        """Decoders: prompt + completion ids, labels on the completion only; completions cut to
+        ``max_target_length`` and then prompts to what is left of ``max_length`` (the source's end by
+        default, or the prompt's start)."""
+        sources, targets = self._pairs(batch)
+        columns = [c for c in batch if c != ROW]
+        out: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", _PROMPT_LENGTH, _PROMPT_CUT, _TARGET_CUT)}
+        if targets is not None:
+            out["labels"] = []
+        for i, source in enumerate(sources):
+            row = {**{c: batch[c][i] for c in columns}, SOURCE_FIELD: str(source)}
+            target = None if targets is None else str(targets[i])
+            prompt, prompt_labels, completion = self.encode(row, target)
+            target_cut = max(0, len(completion) - self.max_target_length)
+            completion = completion[:self.max_target_length]
+            room = max(1, self.max_length - len(completion))
+            prompt_cut = max(0, len(prompt) - room)
+            if prompt_cut and self.prompt.truncation == "source" and not self.uses_conversations:
+                prompt, prompt_labels = self._shorten_source(row, target, room)
+            start = max(0, len(prompt) - room)  # what still does not fit loses the prompt's start
+            prompt, prompt_labels = prompt[start:], prompt_labels[start:]
+            out["input_ids"].append(prompt + completion)
+            out["attention_mask"].append([1] * (len(prompt) + len(completion)))
+            out[_PROMPT_LENGTH].append(len(prompt))
+            out[_PROMPT_CUT].append(prompt_cut)
+            out[_TARGET_CUT].append(target_cut)
+            if targets is not None:
+                out["labels"].append(prompt_labels + completion)
+        out[ROW] = batch[ROW]
+        out[SOURCE] = [str(s) for s in sources]
+        if targets is not None:
+            out[REFERENCE] = [str(t) for t in targets]
+        return out
+
+    def featurize(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
+        if not self.decoder:
+            return super().featurize(ds, split)
+        features = ds.map(self.tokenize, batched=True, remove_columns=ds.column_names, desc=f"Tokenizing {split}")
+        for column, what, limit in ((_TARGET_CUT, "completions", f"task.data.max_target_length={self.max_target_length}"),
+                                    (_PROMPT_CUT, "prompts", f"task.data.max_length={self.max_length} minus the completion")):
+            cut = [i for i, n in enumerate(features[column]) if n]
+            if not cut:
+                continue
+            rows = self.rows(features, split, cut)
+            if column == _PROMPT_CUT and self.prompt.truncation == "error":
+                raise DataError(
+                    f"{len(cut)} prompts of split '{split}' ({self.origin[split]}) are longer than {limit}: {rows}; "
+                    f"shorten them, raise the limit, or set task.data.prompt.truncation=source (cut the source's end) "
+                    f"or start (cut the prompt's start)"
+                )
+            tokens = sum(features[column][i] for i in cut)
+            log.warning("split '%s': %d of %d %s longer than %s, cut (%d tokens%s): %s", split, len(cut), len(features),
+                        what, limit, tokens, f", {CUT_FROM[self.prompt.truncation]}" if column == _PROMPT_CUT else "", rows)
+        return features.remove_columns([ROW, _PROMPT_CUT, _TARGET_CUT])
+
     def collate_fn(self) -> Callable:
+        if self.decoder:
+            return self._collate_prompts
         pad = DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=self.pad_to_multiple_of)
 
         def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -159,3 +264,20 @@ class Seq2SeqDataModule(TaskDataModule):
             return with_meta(batch, meta)
 
         return collate
+
+    def _collate_prompts(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Decoders: sequences right-padded (labels with ``IGNORE_INDEX``) for the loss, and their prompts
+        left-padded in ``meta`` for batched generation."""
+        meta: dict[str, Any] = {k: [f[k] for f in features] for k in (SOURCE, REFERENCE) if k in features[0]}
+        pad = self.tokenizer.pad
+        sequences = [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features]
+        batch = dict(pad(sequences, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"))
+        if "labels" in features[0]:
+            labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+            for i, f in enumerate(features):
+                labels[i, :len(f["labels"])] = torch.tensor(f["labels"])
+            batch["labels"] = labels
+        prompts = pad([{"input_ids": f["input_ids"][:f[_PROMPT_LENGTH]]} for f in features], padding_side="left",
+                      return_tensors="pt")
+        meta[PROMPT_IDS], meta[PROMPT_MASK] = prompts["input_ids"], prompts["attention_mask"]
+        return with_meta(batch, meta)

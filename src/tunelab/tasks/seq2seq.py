@@ -1,8 +1,10 @@
-"""Sequence-to-sequence generation (summarization, translation) with ``AutoModelForSeq2SeqLM``.
+"""Text-to-text generation (summarization, translation, instructions): an encoder-decoder
+(``AutoModelForSeq2SeqLM``: source -> target) or a decoder (``AutoModelForCausalLM``: prompt -> completion).
 
-Training minimises the token cross-entropy of the reference; validation and test also generate
-with the configured settings (``generation``: beams, max new tokens, length penalty, ...),
-decode, and score the text with the task's metrics (ROUGE, SacreBLEU, chrF).
+Training minimises the token cross-entropy of the reference (a decoder's: of the completion only);
+validation and test also generate with the configured settings (``generation``: beams, max new
+tokens, length penalty, ...), decode, and score the text with the task's metrics (ROUGE, SacreBLEU,
+chrF). A decoder generates from the batch's left-padded prompts and only its new tokens are decoded.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from typing import Any
 
 import torch
 from torchmetrics import MetricCollection
-from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from tunelab.batch import META, model_inputs
-from tunelab.data.seq2seq import REFERENCE, SOURCE
+from tunelab.data.seq2seq import PROMPT_IDS, PROMPT_MASK, REFERENCE, SOURCE
 from tunelab.metrics.seq2seq import generation_metric_values, generation_metrics, update_generation_metrics
 from tunelab.tasks.base import NO_KV_CACHE, TaskModule, in_row_order
 
@@ -28,12 +30,13 @@ class Seq2SeqModule(TaskModule):
         metrics: names from ``tunelab.metrics.seq2seq.GENERATION_METRICS``.
         rouge_keys: ROUGE variants to report (``rougeLsum`` needs nltk's punkt data).
         generation: ``model.generate`` arguments, e.g. ``{num_beams: 4, max_new_tokens: 64}``.
-        data_generation: generation arguments the data implies (the target-language token).
+        data_generation: generation arguments the data implies (the target-language token; a decoder's
+            stop tokens and pad token).
+        architecture: ``encoder-decoder`` or ``decoder`` (``model.architecture``).
         save_samples: test rows written to ``samples/<test set>.jsonl`` (``None``: all).
     """
 
     forward_kwargs = NO_KV_CACHE
-    auto_model_class = AutoModelForSeq2SeqLM
     unsaved_arguments = ("tokenizer",)
 
     def __init__(
@@ -45,6 +48,7 @@ class Seq2SeqModule(TaskModule):
         rouge_keys: Sequence[str] = ("rouge1", "rouge2", "rougeL"),
         generation: Mapping[str, Any] | None = None,
         data_generation: Mapping[str, Any] | None = None,
+        architecture: str = "encoder-decoder",
         save_samples: int | None = None,
         **kwargs: Any,
     ):
@@ -52,6 +56,10 @@ class Seq2SeqModule(TaskModule):
         self.tokenizer = tokenizer
         self.generation = {**(generation or {}), **(data_generation or {})}
         self.save_samples = save_samples
+
+    @property
+    def auto_model_class(self) -> type:  # type: ignore[override]
+        return AutoModelForCausalLM if self.hparams.architecture == "decoder" else AutoModelForSeq2SeqLM
 
     def build_metrics(self) -> MetricCollection:
         return generation_metrics(list(self.hparams.metrics), list(self.hparams.rouge_keys))
@@ -62,9 +70,16 @@ class Seq2SeqModule(TaskModule):
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any]) -> tuple[list[str], torch.Tensor]:
         """Generated texts and their lengths in tokens (without padding and special tokens)."""
-        ids = self.model.generate(**model_inputs(batch, targets=False), **self.generation)
+        if self.hparams.architecture == "decoder":
+            prompts = batch[META][PROMPT_IDS]
+            ids = self.model.generate(input_ids=prompts, attention_mask=batch[META][PROMPT_MASK], **self.generation)
+            ids = ids[:, prompts.shape[1]:]  # the completion
+        else:
+            ids = self.model.generate(**model_inputs(batch, targets=False), **self.generation)
         special = torch.tensor(self.tokenizer.all_special_ids, device=ids.device)
         lengths = (~torch.isin(ids, special)).sum(-1)
+        if self.hparams.architecture == "decoder":  # byte-level BPE: no clean-up; the completion's leading space goes
+            return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)], lengths
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True), lengths
 
     def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any], stage: str) -> None:
