@@ -16,6 +16,7 @@ from tests.data.test_instruct import alpaca_rows, write_jsonl
 from tests.decoder_fixtures import tiny_llama  # noqa: F401
 from tests.helpers import compose_train
 from tests.seq2seq_fixtures import SEQ2SEQ_FAST, make_pairs, tiny_bert_encoder, tiny_t5  # noqa: F401
+from tests.tasks.test_generative_qa import topic_rows
 from tunelab.config import CONFIG_DIR
 from tunelab.errors import ConfigError
 from tunelab.train import run
@@ -34,7 +35,8 @@ SHORT = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_te
 
 
 def test_the_seq2seq_options_exist() -> None:
-    assert {"xsum", "cnn_dailymail", "bbc-headlines", "wmt16-ro-en", "parallel", "instruct", "chitchat"} <= set(SEQ2SEQ_TASKS)
+    assert {"xsum", "cnn_dailymail", "bbc-headlines", "wmt16-ro-en", "parallel", "instruct", "chitchat",
+            "squad-gen"} <= set(SEQ2SEQ_TASKS)
     assert all((CONFIG_DIR / "model" / f"{m}.yaml").is_file() for m in SEQ2SEQ_MODELS)
 
 
@@ -52,7 +54,7 @@ def test_every_seq2seq_task_composes_with_every_seq2seq_model(task: str, model: 
     else:
         assert not prefix
     assert cfg.task.data.architecture == cfg.task.module.architecture == ("decoder" if model in DECODERS else "encoder-decoder")
-    monitors = {"wmt16-ro-en": "val/sacrebleu", "parallel": "val/sacrebleu", "chitchat": "val/loss"}
+    monitors = {"wmt16-ro-en": "val/sacrebleu", "parallel": "val/sacrebleu", "chitchat": "val/loss", "squad-gen": "val/f1"}
     assert cfg.task.monitor == monitors.get(task, "val/rougeL")
 
 
@@ -62,6 +64,11 @@ def _stand_in(task: str, tmp_path: Path) -> list[str]:
         return []  # offline data, the real thing
     if task == "instruct":
         return [f"task.data.source.data_files.train={write_jsonl(tmp_path / 'alpaca.jsonl', alpaca_rows(60))}"]
+    if task == "squad-gen":  # rajpurkar/squad's layout and split names
+        files = [f"{split}: {write_jsonl(tmp_path / f'{split}.jsonl', topic_rows(n, seed=i))}"
+                 for i, (split, n) in enumerate((("train", 60), ("validation", 16)))]
+        return ["~task.data.source", "+task.data.source={_target_: tunelab.data.sources.load, path: json, data_files: {"
+                + ", ".join(files) + "}}", "task.data.val_size=8"]
     if task == "parallel":
         path = tmp_path / "pairs.csv"
         make_pairs(60).to_csv(path, index=False)
@@ -92,7 +99,8 @@ def test_every_seq2seq_task_trains_a_step(task: str, tiny_t5: Path, tmp_path: Pa
 def check_a_step(metrics: dict, task: str, tmp_path: Path) -> None:
     assert metrics["train"]["steps"] == 2
     expected = {"parallel": {"sacrebleu", "chrf"}, "wmt16-ro-en": {"sacrebleu", "chrf"},
-                "instruct": {"rouge1", "rouge2", "rougeL", "chrf"}, "chitchat": {"rouge1", "rouge2", "rougeL", "chrf"}}
+                "instruct": {"rouge1", "rouge2", "rougeL", "chrf"}, "chitchat": {"rouge1", "rouge2", "rougeL", "chrf"},
+                "squad-gen": {"exact_match", "f1"}}
     assert expected.get(task, {"rouge1", "rouge2", "rougeL"}) | {"loss", "gen_len"} == set(metrics["test"])
     assert (tmp_path / "run" / "samples" / "test.jsonl").is_file()
 

@@ -50,7 +50,7 @@ class QACollator:
         return with_meta(batch, meta)
 
 
-def _parse_answers(value: Any) -> tuple[list[str], list[int]] | None:
+def parse_answers(value: Any) -> tuple[list[str], list[int]] | None:
     """SQuAD answers from a struct or its JSON string; ``None`` when malformed."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return [], []
@@ -134,7 +134,7 @@ class QuestionAnsweringDataModule(TaskDataModule):
 
     def _check_answers(self, ds: datasets.Dataset, contexts: list[str], split: str, where: str) -> datasets.Dataset:
         column, key = self.answers_column, "task.data.answers_column"
-        parsed = [_parse_answers(v) for v in ds[column]]
+        parsed = [parse_answers(v) for v in ds[column]]
         malformed = [i for i, p in enumerate(parsed) if p is None]
         if malformed:
             raise DataError(

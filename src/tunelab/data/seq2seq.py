@@ -33,6 +33,7 @@ from tunelab.models import ensure_pad_token
 log = logging.getLogger(__name__)
 
 SOURCE, REFERENCE = "source_text", "reference_text"  # text columns kept next to the features
+ALL_REFERENCES = "all_references"  # in meta, when a row has several references (QA's gold answers)
 PROMPT_IDS, PROMPT_MASK = "prompt_input_ids", "prompt_attention_mask"  # decoders: the prompts, left-padded, in meta
 _PROMPT_LENGTH, _PROMPT_CUT, _TARGET_CUT = "prompt_length", "prompt_tokens_cut", "target_tokens_cut"
 CUT_FROM = {"source": "from the source's end", "start": "from the prompt's start"}

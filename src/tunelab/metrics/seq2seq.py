@@ -9,15 +9,18 @@ across DDP ranks; no text is kept. Scores are on the 0-1 scale (sacrebleu and pa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
+from torchmetrics.utilities import dim_zero_cat
 
 from tunelab.errors import ConfigError
 from tunelab.metrics.chrf import CHRF
+from tunelab.metrics.qa import exact_match, f1_score, percent
 
-GENERATION_METRICS = ("rouge", "sacrebleu", "chrf", "chrf++")  # "chrf++" parses unquoted in Hydra overrides
+GENERATION_METRICS = ("rouge", "sacrebleu", "chrf", "chrf++", "squad")  # "chrf++" parses unquoted in Hydra overrides
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 GEN_LEN = "gen_len"  # mean generated length in tokens
 
@@ -54,19 +57,48 @@ def generation_metrics(names: Sequence[str], rouge_keys: Sequence[str] = ("rouge
         "sacrebleu": lambda: SacreBLEUScore(tokenize="13a"),
         "chrf": lambda: CHRF(),
         "chrf++": lambda: CHRF(word_order=2),
+        "squad": GeneratedAnswerScore,
     }
     metrics: dict[str, Metric] = {name: factories[name]() for name in names}
     metrics[GEN_LEN] = MeanMetric()
     return MetricCollection(metrics, compute_groups=False)
 
 
+class GeneratedAnswerScore(Metric):
+    """SQuAD exact match and F1 (percent, the official script's normalisation and averaging in float64) of
+    generated answers, each against all its gold answers; an empty gold list is SQuAD 2.0's no answer."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.add_state("em", default=[], dist_reduce_fx="cat")
+        self.add_state("f1", default=[], dist_reduce_fx="cat")
+
+    def update(self, predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> None:
+        self.em.append(torch.tensor([exact_match(p, a) for p, a in zip(predictions, answers, strict=True)],
+                                    dtype=torch.float64, device=self.device))
+        self.f1.append(torch.tensor([f1_score(p, a) for p, a in zip(predictions, answers, strict=True)],
+                                    dtype=torch.float64, device=self.device))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if not self.em:
+            return {"exact_match": torch.tensor(0.0, dtype=torch.float64), "f1": torch.tensor(0.0, dtype=torch.float64)}
+        return {"exact_match": percent(dim_zero_cat(self.em)), "f1": percent(dim_zero_cat(self.f1))}
+
+
 def update_generation_metrics(
-    metrics: MetricCollection, predictions: list[str], references: list[str], generated_lengths: torch.Tensor
+    metrics: MetricCollection, predictions: list[str], references: list[str], generated_lengths: torch.Tensor,
+    all_references: list[list[str]] | None = None,
 ) -> None:
-    """Score ``predictions`` against one reference each."""
+    """Score ``predictions`` against one reference each (``squad``: against ``all_references``, every gold answer)."""
     for name, metric in metrics.items(keep_base=True):
         if name == GEN_LEN:
             metric.update(generated_lengths.float())
+        elif name == "squad":
+            metric.update(predictions, all_references if all_references is not None else [[r] for r in references])
         elif name == "rouge":
             metric.update(predictions, references)
         else:

@@ -17,7 +17,7 @@ from torchmetrics import MetricCollection
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from tunelab.batch import META, model_inputs
-from tunelab.data.seq2seq import PROMPT_IDS, PROMPT_MASK, REFERENCE, SOURCE
+from tunelab.data.seq2seq import ALL_REFERENCES, PROMPT_IDS, PROMPT_MASK, REFERENCE, SOURCE
 from tunelab.metrics.seq2seq import generation_metric_values, generation_metrics, update_generation_metrics
 from tunelab.tasks.base import NO_KV_CACHE, TaskModule, in_row_order
 
@@ -85,7 +85,7 @@ class Seq2SeqModule(TaskModule):
     def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any], stage: str) -> None:
         predictions, lengths = self.generate(batch)
         meta = batch[META]
-        update_generation_metrics(metrics, predictions, meta[REFERENCE], lengths)
+        update_generation_metrics(metrics, predictions, meta[REFERENCE], lengths, meta.get(ALL_REFERENCES))
         kept = len(self.test_samples.get(stage, []))
         room = len(predictions) if self.save_samples is None else max(0, self.save_samples - kept)
         self.add_samples(stage, [
