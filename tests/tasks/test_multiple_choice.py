@@ -129,6 +129,10 @@ def test_every_tuning_method_trains_and_reloads_or_is_refused(tuning: str, tiny_
                                               r"head-only or full instead"):
             run(cfg)
         return
+    if tuning == "qlora" and not torch.cuda.is_available():  # its CPU run: tests/tuning/test_qlora.py
+        with pytest.raises(ConfigError, match="tuning=qlora needs a CUDA GPU"):
+            run(cfg)
+        return
     metrics = run(cfg)
     assert metrics["train"]["steps"] == 2 and 0 <= metrics["test"]["accuracy"] <= 1
     assert (tuning == "full") == (metrics["params"]["trainable_pct"] == 100)

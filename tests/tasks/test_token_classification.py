@@ -15,6 +15,7 @@ from tests.helpers import compose_train
 from tests.ner_fixtures import tagged_rows, write_conll, write_jsonl
 from tunelab.batch import META
 from tunelab.config import CONFIG_DIR
+from tunelab.errors import ConfigError
 from tunelab.exported import load_run_model
 from tunelab.predict import main, predict
 from tunelab.tasks.token_classification import TokenClassificationModule
@@ -97,8 +98,13 @@ def test_every_tuning_method_trains_and_its_export_reloads(tuning: str, tiny_ber
     train = write_jsonl(tagged_rows(64), tmp_path / "train.jsonl")
     out = tmp_path / "run"
     extra = ["tuning.n_blocks=1"] if tuning == "freeze" else []  # the preset's 4 are for 6-layer MiniLM
-    run(compose_train(out, *ner_overrides(tiny_bert, train, f"tuning={tuning}", "trainer.max_steps=3",
-                                           "trainer.limit_val_batches=1", *extra)))
+    cfg = compose_train(out, *ner_overrides(tiny_bert, train, f"tuning={tuning}", "trainer.max_steps=3",
+                                            "trainer.limit_val_batches=1", *extra))
+    if tuning == "qlora" and not torch.cuda.is_available():  # its CPU run: tests/tuning/test_qlora.py
+        with pytest.raises(ConfigError, match="tuning=qlora needs a CUDA GPU"):
+            run(cfg)
+        return
+    run(cfg)
     rows = samples(out)
     written = write_jsonl([{"tokens": r["tokens"]} for r in rows], tmp_path / "words.jsonl")
     predictions = [json.loads(line)["predicted_tags"] for line in Path(predict(out, written)["predictions"]).read_text().splitlines()]
