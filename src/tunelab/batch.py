@@ -30,3 +30,14 @@ def with_meta(batch: Mapping[str, Any], meta: Mapping[str, list]) -> dict[str, A
     if meta:
         out[META] = dict(meta)
     return out
+
+
+def token_counts(batch: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Examples, real tokens and fed tokens (padding included) of a batch: from its ``attention_mask``, or, for
+    a packed row (``tunelab.data.packing``: no mask, positions restarting at 0 for each example), from its
+    ``position_ids``."""
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return mask.shape[0], int(mask.sum()), mask.numel()
+    positions = batch["position_ids"]
+    return int((positions == 0).sum()), positions.numel(), positions.numel()

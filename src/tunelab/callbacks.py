@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from tunelab.batch import token_counts
 from tunelab.requeue import per_rank
 from tunelab.trusted import load_checkpoint
 
@@ -157,10 +158,10 @@ class TrainStats(L.Callback):
         self._pause()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        mask = batch["attention_mask"]
-        self.samples += mask.shape[0]
-        self.real_tokens += int(mask.sum())
-        self.fed_tokens += mask.numel()
+        samples, real, fed = token_counts(batch)
+        self.samples += samples
+        self.real_tokens += real
+        self.fed_tokens += fed
 
     def current(self) -> dict[str, float]:
         """This attempt's counters so far."""
@@ -215,7 +216,7 @@ class PlainProgress(L.Callback):
         self._samples = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._samples += len(batch["input_ids"])
+        self._samples += token_counts(batch)[0]
         step = trainer.global_step
         if step % self.every_n_steps and batch_idx + 1 != trainer.num_training_batches:
             return

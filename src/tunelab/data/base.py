@@ -164,6 +164,10 @@ class TaskDataModule(L.LightningDataModule):
         """Batched ``datasets.map`` function: examples -> model inputs."""
         raise NotImplementedError
 
+    def before_featurize(self, splits: Mapping[str, datasets.Dataset]) -> None:
+        """Hook: called once with every split validated and carved (rows numbered in ``ROW``), before any is
+        tokenized (few-shot prompts draw their examples from train here)."""
+
     def collate_fn(self) -> Callable:
         raise NotImplementedError
 
@@ -282,6 +286,7 @@ class TaskDataModule(L.LightningDataModule):
                 raise DataError(f"split '{split}' has no usable rows left after validation: {self.origin[split]}")
         if need_train:
             self._carve(splits)
+        self.before_featurize(splits)
         self.examples = {}
         for split, ds in splits.items():
             ds = self._subsample(ds, split)

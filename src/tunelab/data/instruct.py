@@ -21,6 +21,11 @@ from tunelab.data.seq2seq import Seq2SeqDataModule
 from tunelab.errors import ConfigError, DataError
 
 
+def answered(conversations: list[list[Mapping[str, str]]]) -> bool:
+    """Whether every conversation ends with an assistant turn."""
+    return all(c[-1]["role"] == "assistant" for c in conversations)
+
+
 def conversation_text(messages: list[Mapping[str, str]]) -> str:
     """A conversation as plain text (samples, prediction files and encoder-decoder sources)."""
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
@@ -47,7 +52,9 @@ class InstructDataModule(Seq2SeqDataModule):
     def __init__(self, *args: Any, input_column: str | None = "input", messages_column: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.input_column, self.messages_column = input_column, messages_column
-        self._conversations_answered = True
+        if messages_column and (self.prompt.shots or self.prompt.examples):
+            raise ConfigError(f"task.data.messages_column={messages_column} holds whole conversations, which take no "
+                              "few-shot examples (task.data.prompt.shots, examples): set them to 0 and null")
         if messages_column and self.decoder and not self.prompt.chat:
             raise ConfigError(
                 f"task.data.messages_column={messages_column} holds chat conversations, which a decoder reads through "
@@ -60,7 +67,10 @@ class InstructDataModule(Seq2SeqDataModule):
 
     @property
     def has_targets(self) -> bool:
-        return self._conversations_answered if self.messages_column else super().has_targets
+        """Conversations: whether every split's conversations end with an assistant turn (the reference)."""
+        if not self.messages_column:
+            return super().has_targets
+        return all(answered(ds[self.messages_column]) for ds in (self.examples or {}).values())
 
     @classmethod
     def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,7 +87,7 @@ class InstructDataModule(Seq2SeqDataModule):
     def _pairs(self, columns: Mapping[str, list]) -> tuple[list[Any], list[Any] | None]:
         if self.messages_column:
             conversations = columns[self.messages_column]
-            if not self._conversations_answered:
+            if not answered(conversations):  # a split is either scored or only answered (validate)
                 return [conversation_text(c) for c in conversations], None
             return [conversation_text(c[:-1]) for c in conversations], [c[-1]["content"] for c in conversations]
         instructions, targets = super()._pairs(columns)
@@ -102,13 +112,12 @@ class InstructDataModule(Seq2SeqDataModule):
             )
         ends = [c[-1]["role"] == "assistant" for c in conversations]
         if 0 < sum(ends) < len(ends):
-            user = [i for i, answered in enumerate(ends) if not answered]
+            user = [i for i, ends_answered in enumerate(ends) if not ends_answered]
             raise DataError(
                 f"split '{split}' of {where} mixes conversations that end with an assistant turn (the reference) and "
                 f"{len(user)} that end with a user turn ({self.rows(ds, split, user)}): a split is either scored or "
                 f"only answered"
             )
-        self._conversations_answered = all(ends)
         empty = [i for i, c in enumerate(conversations) if any(blank(m["content"]) for m in c if m["role"] != "system")]
         return drop_empty(ds, empty, self.empty_text, "an empty turn", split, where, self.numbering[split])
 

@@ -5,13 +5,17 @@ A prompt is either the task's template (``"{source}\\nHeadline:"``, fields are t
 chat template around the template's text as the user turn (and the target as the assistant turn).
 Prompt and completion are tokenized apart, so that generation starts from exactly the tokens the model
 was trained to continue, and the loss covers the completion only.
+
+Few-shot prompts (``shots: k``) put k solved examples before the row: rendered by the template and followed
+by their completion, ``shot_separator`` between them, or, with ``chat: true``, as earlier user and assistant
+turns. The datamodule draws them from the train split, or ``examples`` gives them.
 """
 
 from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
@@ -21,6 +25,7 @@ from tunelab.errors import ConfigError, DataError
 
 KEY = "task.data.prompt"
 SOURCE_FIELD = "source"  # the source text, also when it comes from a {language: text} column
+COMPLETION_FIELD = "completion"  # a few-shot example's answer
 ROLES = ("system", "user", "assistant")
 Encoded = tuple[list[int], list[int], list[int]]  # prompt ids, their labels (IGNORE_INDEX but for earlier answers), completion ids
 
@@ -62,6 +67,10 @@ class Prompt:
         truncation: a prompt longer than ``max_length`` minus its completion: ``source`` cuts the end of its
             source text (the instructions around it stay; conversations lose their start instead), ``start``
             cuts tokens from the prompt's start (both counted in the log), ``error`` stops naming the rows.
+        shots: solved examples put before every row (in-context learning; 0: none).
+        shot_separator: between the examples and before the row, without a chat template.
+        examples: the solved examples: the template's fields plus ``completion``; ``None``: ``shots`` rows drawn
+            from the train split.
     """
 
     template: str = "{source}"
@@ -69,9 +78,12 @@ class Prompt:
     chat: bool = False
     system: str | None = None
     truncation: Literal["source", "start", "error"] = "source"
+    shots: int = 0
+    shot_separator: str = "\n\n"
+    examples: Sequence[Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        for key in ("template", "completion_prefix", "system"):  # a command line passes "\n" as two characters
+        for key in ("template", "completion_prefix", "system", "shot_separator"):  # a command line passes "\n" as two characters
             if isinstance(value := getattr(self, key), str):
                 object.__setattr__(self, key, value.replace("\\n", "\n").replace("\\t", "\t"))
         if self.truncation not in ("source", "start", "error"):
@@ -80,6 +92,22 @@ class Prompt:
             self.fields()
         except ValueError as err:
             raise ConfigError(f"{KEY}.template {self.template!r} is not a valid template: {err}") from err
+        if not isinstance(self.shots, int) or self.shots < 0:
+            raise ConfigError(f"{KEY}.shots must be a whole number >= 0, got {self.shots!r}")
+        if self.examples is not None:
+            object.__setattr__(self, "examples", tuple(dict(e) for e in self.examples))
+            self._check_examples()
+
+    def _check_examples(self) -> None:
+        for i, example in enumerate(self.examples or ()):
+            missing = [f for f in [*self.fields(), COMPLETION_FIELD] if f not in example]
+            if missing:
+                raise ConfigError(f"{KEY}.examples[{i}] lacks {', '.join(missing)}: a few-shot example holds the "
+                                  f"template's fields ({', '.join(self.fields())}) and its {COMPLETION_FIELD}")
+
+    def with_examples(self, examples: Sequence[Mapping[str, Any]]) -> Prompt:
+        """These settings with ``examples`` as the few-shot examples."""
+        return replace(self, examples=examples)
 
     def fields(self) -> list[str]:
         """The ``{field}`` names of the template."""
@@ -108,14 +136,21 @@ class Prompt:
 
     def _messages(self, text: str) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return [*system, {"role": "user", "content": text}]
+        shots = [turn for e in self.examples or () for turn in ({"role": "user", "content": self.text(e)},
+                                                                 {"role": "assistant", "content": str(e[COMPLETION_FIELD])})]
+        return [*system, *shots, {"role": "user", "content": text}]
+
+    def _with_shots(self, text: str) -> str:
+        """``text`` after the few-shot examples (no chat template)."""
+        shots = [self.text(e) + self.completion_prefix + str(e[COMPLETION_FIELD]) for e in self.examples or ()]
+        return self.shot_separator.join([*shots, text])
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, row: Mapping[str, Any],
                target: str | None) -> tuple[list[int], list[int]]:
         """Token ids of the prompt and of the completion (empty without a target)."""
         text = self.text(row)
         if not self.chat:
-            prompt = tokenizer(text)["input_ids"]
+            prompt = tokenizer(self._with_shots(text))["input_ids"]
             if target is None:
                 return prompt, []
             return prompt, tokenizer(self.completion_prefix + target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

@@ -16,6 +16,7 @@ source and reference texts travel in the batch's ``meta`` for metrics and sample
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +27,10 @@ from transformers import DataCollatorForSeq2Seq
 from tunelab.batch import IGNORE_INDEX, with_meta
 from tunelab.data.base import Column, TaskDataModule
 from tunelab.data.checks import ROW, blank, drop_empty, require_columns, visible_columns
-from tunelab.data.prompts import SOURCE_FIELD, Encoded, Prompt
+from tunelab.data.packing import KEY as PACKING
+from tunelab.data.packing import pack
+from tunelab.data.prompts import COMPLETION_FIELD, SOURCE_FIELD, Encoded, Prompt
+from tunelab.data.prompts import KEY as PROMPT
 from tunelab.errors import ConfigError, DataError
 from tunelab.models import ensure_pad_token
 
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SOURCE, REFERENCE = "source_text", "reference_text"  # text columns kept next to the features
 ALL_REFERENCES = "all_references"  # in meta, when a row has several references (QA's gold answers)
+PROMPT_EXAMPLES = "prompt_examples"  # in an export's tunelab.json: the few-shot examples its prompts showed
 PROMPT_IDS, PROMPT_MASK = "prompt_input_ids", "prompt_attention_mask"  # decoders: the prompts, left-padded, in meta
 _PROMPT_LENGTH, _PROMPT_CUT, _TARGET_CUT = "prompt_length", "prompt_tokens_cut", "target_tokens_cut"
 CUT_FROM = {"source": "from the source's end", "start": "from the prompt's start"}
@@ -52,6 +57,8 @@ class Seq2SeqDataModule(TaskDataModule):
         source_prefix: text put before every source, e.g. T5's ``"summarize: "`` (encoder-decoders).
         architecture: ``encoder-decoder`` (source -> target) or ``decoder`` (prompt -> completion).
         prompt: decoders: the ``tunelab.data.prompts.Prompt`` settings (template, chat, ...).
+        packing: decoders: lay each training batch's examples end to end in one row, without padding and
+            without attention across examples (``tunelab.data.packing``).
         max_length: source truncation length in tokens (decoders: prompt + completion); ``max_target_length``
             for targets.
         **kwargs: see ``TaskDataModule``.
@@ -75,14 +82,25 @@ class Seq2SeqDataModule(TaskDataModule):
         max_target_length: int = 64,
         architecture: str = "encoder-decoder",
         prompt: Mapping[str, Any] | None = None,
+        packing: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.decoder = architecture == "decoder"
+        if packing and not self.decoder:
+            raise ConfigError(f"{PACKING}=true needs a decoder (model.architecture=decoder); "
+                              f"model.architecture is {architecture}")
+        self.packing = packing
         self.prompt = Prompt(**(prompt or {}))
         if self.decoder:
             ensure_pad_token(self.tokenizer)
             self.prompt.check_tokenizer(self.tokenizer)
+        elif self.prompt.shots or self.prompt.examples:
+            raise ConfigError(f"{PROMPT}.shots and {PROMPT}.examples (few-shot prompts) need a decoder "
+                              f"(model.architecture=decoder); model.architecture is {architecture}")
+        if self.prompt.examples is not None and self.prompt.shots not in (0, len(self.prompt.examples)):
+            raise ConfigError(f"{PROMPT}.shots={self.prompt.shots} but {PROMPT}.examples holds {len(self.prompt.examples)}: "
+                              f"set one of them")
         if translation_column and not (source_lang and target_lang):
             raise ConfigError(
                 f"task.data.translation_column={translation_column} needs task.data.source_lang and task.data.target_lang "
@@ -115,7 +133,8 @@ class Seq2SeqDataModule(TaskDataModule):
         if self.decoder:  # stop at eos or the chat template's end of turn; pad (left) with the tokenizer's pad
             generation["eos_token_id"] = self.prompt.stop_token_ids(self.tokenizer)
             generation["pad_token_id"] = self.tokenizer.pad_token_id
-        return {"tokenizer": self.tokenizer, "data_generation": generation}
+        return {"tokenizer": self.tokenizer, "data_generation": generation, "packing": self.packing,
+                PROMPT_EXAMPLES: list(self.prompt.examples) if self.prompt.examples else None}
 
     @property
     def has_targets(self) -> bool:
@@ -123,9 +142,12 @@ class Seq2SeqDataModule(TaskDataModule):
 
     @classmethod
     def prediction_kwargs(cls, data_cfg: Mapping[str, Any], columns: list[str], export: Mapping[str, Any]) -> dict[str, Any]:
+        kwargs = {}
+        if export.get(PROMPT_EXAMPLES):  # the few-shot examples the run drew from its train split
+            kwargs["prompt"] = {**(data_cfg.get("prompt") or {}), "examples": export[PROMPT_EXAMPLES]}
         if data_cfg.get("translation_column") and data_cfg["translation_column"] in columns:
-            return {}
-        return {"translation_column": None, **super().prediction_kwargs(data_cfg, columns, export)}
+            return kwargs
+        return {**kwargs, "translation_column": None, **super().prediction_kwargs(data_cfg, columns, export)}
 
     # --- validation -----------------------------------------------------------------------------
     def _columns(self) -> dict[str, str]:
@@ -162,6 +184,28 @@ class Seq2SeqDataModule(TaskDataModule):
         return drop_empty(ds, empty, self.empty_text, "an empty source or target", split, where, self.numbering[split])
 
     # --- features -------------------------------------------------------------------------------
+    def before_featurize(self, splits: Mapping[str, datasets.Dataset]) -> None:
+        """Few-shot prompts: ``prompt.shots`` solved rows drawn from the train split (seed ``data_seed``)."""
+        shots = self.prompt.shots
+        if not shots or self.prompt.examples is not None:
+            return
+        if "train" not in splits:
+            raise ConfigError(f"{PROMPT}.shots={shots} draws its examples from the train split, which this run has "
+                              f"not loaded; give them in {PROMPT}.examples")
+        train = splits["train"]
+        if len(train) < shots:
+            raise DataError(f"{PROMPT}.shots={shots}, but split 'train' has {len(train)} rows ({self.origin['train']})")
+        picked = sorted(random.Random(self.data_seed).sample(range(len(train)), shots))
+        rows = train.select(picked)[:]
+        sources, targets = self._pairs(rows)
+        if targets is None:
+            raise ConfigError(f"{PROMPT}.shots={shots} needs targets in the train split to show as answers")
+        columns = [c for c in rows if c != ROW]
+        examples = [{**{c: rows[c][i] for c in columns}, SOURCE_FIELD: str(sources[i]), COMPLETION_FIELD: str(targets[i])}
+                    for i in range(shots)]
+        self.prompt = self.prompt.with_examples(examples)
+        log.info("few-shot prompts: %d examples from split 'train': %s", shots, self.rows(train, "train", picked))
+
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
         if self.decoder:
             return self._tokenize_prompts(batch)
@@ -267,10 +311,15 @@ class Seq2SeqDataModule(TaskDataModule):
         return collate
 
     def _collate_prompts(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        """Decoders: sequences right-padded (labels with ``IGNORE_INDEX``) for the loss, and their prompts
-        left-padded in ``meta`` for batched generation."""
+        """Decoders: sequences right-padded (labels with ``IGNORE_INDEX``), or packed into one row, for the loss,
+        and their prompts left-padded in ``meta`` for batched generation."""
         meta: dict[str, Any] = {k: [f[k] for f in features] for k in (SOURCE, REFERENCE) if k in features[0]}
         pad = self.tokenizer.pad
+        prompts = pad([{"input_ids": f["input_ids"][:f[_PROMPT_LENGTH]]} for f in features], padding_side="left",
+                      return_tensors="pt")
+        meta[PROMPT_IDS], meta[PROMPT_MASK] = prompts["input_ids"], prompts["attention_mask"]
+        if self.packing and "labels" in features[0]:
+            return with_meta(pack(features), meta)
         sequences = [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features]
         batch = dict(pad(sequences, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"))
         if "labels" in features[0]:
@@ -278,7 +327,4 @@ class Seq2SeqDataModule(TaskDataModule):
             for i, f in enumerate(features):
                 labels[i, :len(f["labels"])] = torch.tensor(f["labels"])
             batch["labels"] = labels
-        prompts = pad([{"input_ids": f["input_ids"][:f[_PROMPT_LENGTH]]} for f in features], padding_side="left",
-                      return_tensors="pt")
-        meta[PROMPT_IDS], meta[PROMPT_MASK] = prompts["input_ids"], prompts["attention_mask"]
         return with_meta(batch, meta)

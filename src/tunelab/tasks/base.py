@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from tunelab.batch import model_inputs
+from tunelab.batch import model_inputs, token_counts
 from tunelab.errors import ConfigError
 from tunelab.exported import export_info, write_export_info
 from tunelab.models import load_model
@@ -164,7 +164,7 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch), batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=token_counts(batch)[0])
         return loss
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
@@ -184,7 +184,7 @@ class TaskModule(L.LightningModule):
         # ranks' means, which differs when ranks hold different numbers of examples).
         if stage not in self.eval_losses:
             self.eval_losses[stage] = MeanMetric().to(self.device)
-        size = len(batch["input_ids"])
+        size = token_counts(batch)[0]  # examples (a packed batch is one row)
         self.eval_losses[stage].update(outputs.loss.detach(), weight=size)
         self.log(f"{stage}/loss", self.eval_losses[stage], on_epoch=True, batch_size=size, add_dataloader_idx=False,
                  metric_attribute=f"eval_losses.{stage}")
@@ -281,4 +281,9 @@ class TaskModule(L.LightningModule):
         """The tuned model in the strategy's format (Hugging Face for full fine-tuning) + ``tunelab.json``."""
         path = Path(path)
         self.tuning.save(self.model, path, tokenizer)
-        write_export_info(path, export_info(self.auto_model_class, self.model_cfg, self.tuning_cfg, self.config_kwargs))
+        info = export_info(self.auto_model_class, self.model_cfg, self.tuning_cfg, self.config_kwargs)
+        write_export_info(path, {**info, **self.export_extras()})
+
+    def export_extras(self) -> dict[str, Any]:
+        """What else ``tunelab.json`` must hold to predict as this run did (plain data, never code)."""
+        return {}

@@ -17,7 +17,8 @@ from torchmetrics import MetricCollection
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from tunelab.batch import META, model_inputs
-from tunelab.data.seq2seq import ALL_REFERENCES, PROMPT_IDS, PROMPT_MASK, REFERENCE, SOURCE
+from tunelab.data.packing import check_packing_support
+from tunelab.data.seq2seq import ALL_REFERENCES, PROMPT_EXAMPLES, PROMPT_IDS, PROMPT_MASK, REFERENCE, SOURCE
 from tunelab.metrics.seq2seq import generation_metric_values, generation_metrics, update_generation_metrics
 from tunelab.tasks.base import NO_KV_CACHE, TaskModule, in_row_order
 
@@ -33,6 +34,9 @@ class Seq2SeqModule(TaskModule):
         data_generation: generation arguments the data implies (the target-language token; a decoder's
             stop tokens and pad token).
         architecture: ``encoder-decoder`` or ``decoder`` (``model.architecture``).
+        packing: the data packs training batches (``task.data.packing``): checked against the model at the start.
+        prompt_examples: the few-shot examples of the prompts (``task.data.prompt``), kept in the export so that
+            ``tunelab-predict`` prompts as the run did.
         save_samples: test rows written to ``samples/<test set>.jsonl`` (``None``: all).
     """
 
@@ -49,6 +53,8 @@ class Seq2SeqModule(TaskModule):
         generation: Mapping[str, Any] | None = None,
         data_generation: Mapping[str, Any] | None = None,
         architecture: str = "encoder-decoder",
+        packing: bool = False,
+        prompt_examples: Sequence[Mapping[str, Any]] | None = None,
         save_samples: int | None = None,
         **kwargs: Any,
     ):
@@ -60,6 +66,15 @@ class Seq2SeqModule(TaskModule):
     @property
     def auto_model_class(self) -> type:  # type: ignore[override]
         return AutoModelForCausalLM if self.hparams.architecture == "decoder" else AutoModelForSeq2SeqLM
+
+    def export_extras(self) -> dict[str, Any]:
+        examples = self.hparams.prompt_examples
+        return {PROMPT_EXAMPLES: list(examples)} if examples else {}
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.hparams.packing:
+            check_packing_support(self.model)
 
     def build_metrics(self) -> MetricCollection:
         return generation_metrics(list(self.hparams.metrics), list(self.hparams.rouge_keys))
