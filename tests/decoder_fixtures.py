@@ -51,13 +51,14 @@ def build_decoder_tokenizer(path: Path, chat: bool = True, pad: bool = True) -> 
     return fast
 
 
-def build_tiny_decoder(path: Path, architecture: str = "llama", chat: bool = True, pad: bool = True) -> Path:
-    """A 2-layer decoder (hidden 32, grouped-query attention) of ``architecture`` with its tokenizer, saved
-    like a Hub checkpoint."""
+def build_tiny_decoder(path: Path, architecture: str = "llama", chat: bool = True, pad: bool = True,
+                       hidden_size: int = 32) -> Path:
+    """A 2-layer decoder (hidden 32 by default, grouped-query attention) of ``architecture`` with its tokenizer,
+    saved like a Hub checkpoint."""
     config_class, model_class = ARCHITECTURES[architecture]
     tokenizer = build_decoder_tokenizer(path, chat=chat, pad=pad)
     config = config_class(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
@@ -75,6 +76,11 @@ def tiny_decoder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
 
 
 @pytest.fixture(scope="session")

@@ -19,15 +19,13 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from tests.conftest import tiny_overrides
-from tests.helpers import compose_train
+from tests.helpers import assert_predict_scores_the_test_split, compose_train
 from tests.seq2seq_fixtures import pairs_csv, t5_overrides, tiny_t5  # noqa: F401
 from tests.tasks.test_seq2seq import epoch_curves
 from tests.test_run_identity import _step_losses
 from tunelab import train
-from tunelab.models import load_tokenizer
-from tunelab.predict import predict
 from tunelab.requeue import Requeued, ResumeCallback
-from tunelab.train import build_datamodule, run
+from tunelab.train import run
 
 REQUIRED = os.environ.get("TUNELAB_REQUIRE_GPU") == "1"
 pytestmark = [pytest.mark.gpu,
@@ -79,12 +77,7 @@ def test_fsdp_bf16_learns_and_exports_the_gathered_weights(tiny_bert: Path, lear
     assert_export_holds_checkpoint(out, metrics["best_checkpoint"], AutoModelForSequenceClassification)
 
     # The export, run in fp32 by tunelab-predict, scores the test split as the bf16 run did (give or take a row).
-    datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
-    datamodule.setup("fit")
-    test_csv = tmp_path / "test.csv"
-    datamodule.examples["test"].to_pandas().to_csv(test_csv, index=False)
-    scored = predict(out, test_csv, output=tmp_path / "pred.jsonl")
-    assert scored["metrics"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1.5 / metrics["data"]["test"])
+    assert_predict_scores_the_test_split(out, cfg, metrics, tmp_path)
 
 
 def test_fsdp_sharded_checkpoints_requeue_and_resume(tiny_bert: Path, learnable_csv: Path, tmp_path: Path,

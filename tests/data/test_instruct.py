@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import CLASS_WORDS
-from tests.decoder_fixtures import IM_END, IM_START, tiny_llama  # noqa: F401
+from tests.decoder_fixtures import IM_END, IM_START, tiny_llama, tiny_qwen2  # noqa: F401
 from tests.helpers import compose_train
 from tunelab.batch import IGNORE_INDEX
 from tunelab.data.sources.chitchat import chitchat
@@ -136,10 +136,12 @@ def test_conversations_need_the_chat_template_on_a_decoder(tiny_llama: Path, tmp
         datamodule_for(tmp_path, tiny_llama, data, "task.data.messages_column=messages", "task.data.prompt.chat=false")
 
 
-def test_instruction_run_trains_and_answers_a_file_of_conversations(tiny_llama: Path, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_qwen2"])
+def test_instruction_run_trains_and_answers_a_file_of_conversations(model_fixture: str, request: pytest.FixtureRequest,
+                                                                    tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "chats.jsonl", chat_rows(240))
     out = tmp_path / "run"
-    metrics = run(compose_train(out, *instruct_overrides(tiny_llama, data, "task.data.messages_column=messages",
+    metrics = run(compose_train(out, *instruct_overrides(request.getfixturevalue(model_fixture), data, "task.data.messages_column=messages",
                                                           "trainer.max_epochs=10")))
     frame = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["val/loss"])
     assert frame["val/loss"].iloc[-1] < 0.6 * frame["val/loss"].iloc[0]

@@ -21,7 +21,7 @@ from tests.conftest import make_rows, tiny_overrides
 from tests.decoder_fixtures import build_tiny_decoder, tiny_decoder, tiny_llama_no_pad  # noqa: F401
 from tests.helpers import compose_train
 from tests.lm_fixtures import tiny_gpt2  # noqa: F401
-from tests.tasks.test_regression import scored_pairs
+from tests.tasks.test_regression import stsb_local
 from tunelab.models import load_tokenizer
 from tunelab.tasks import SequenceClassificationModule
 from tunelab.train import build_datamodule, build_module, run
@@ -155,11 +155,8 @@ def test_a_tokenizer_without_pad_token_trains_and_its_export_pads_with_eos(tiny_
 
 def test_regression_on_a_decoder(tiny_decoder: Path, tmp_path: Path) -> None:  # noqa: F811
     data = tmp_path / "pairs.csv"
-    scored_pairs(600).to_csv(data, index=False)
-    local = ["task=stsb", "~task.data.source",
-             f"+task.data.source={{_target_: tunelab.data.sources.load, data_files: {{train: {data}}}}}",
-             "task.data.splits=null", "task.data.val_size=0.1", "task.data.test_size=0.1"]
-    cfg = compose_train(tmp_path / "run", *local, *decoder_overrides(tiny_decoder, data)[2:], "trainer.max_epochs=6")
+    cfg = compose_train(tmp_path / "run", *stsb_local(data), *decoder_overrides(tiny_decoder, data)[2:],
+                        "trainer.max_epochs=6")
     metrics = run(cfg)
     assert metrics["test"]["pearson"] > 0.8 and metrics["test"]["spearman"] > 0.8, metrics["test"]
     assert metrics["test"]["mse"] < 1.0  # the scores' variance is 2

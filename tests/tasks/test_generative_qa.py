@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import CLASS_WORDS, NOISE
-from tests.decoder_fixtures import tiny_llama  # noqa: F401
+from tests.decoder_fixtures import tiny_llama, tiny_qwen2  # noqa: F401
 from tests.helpers import compose_train
 from tests.metrics.test_qa import OfficialSquadV11
 from tests.qa_fixtures import write_rows
@@ -65,12 +65,12 @@ def qa_overrides(model_args: list[str], data: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("architecture", ["decoder", "encoder-decoder"])
-def test_a_tiny_model_learns_to_generate_the_answer(architecture: str, tiny_llama: Path, tiny_t5: Path,  # noqa: F811
-                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_qwen2", "tiny_t5"])
+def test_a_tiny_model_learns_to_generate_the_answer(model_fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     data = write_rows(topic_rows(320), tmp_path / "topics.jsonl")
-    model = (["model=smollm2-135m", f"model.name_or_path={tiny_llama}", "optimizer.lr=3e-3", "trainer.max_epochs=16"] if architecture == "decoder"
-             else ["model=t5-small", f"model.name_or_path={tiny_t5}", "optimizer.lr=3e-3"])
+    path = request.getfixturevalue(model_fixture)
+    model = (["model=t5-small", f"model.name_or_path={path}", "optimizer.lr=3e-3"] if model_fixture == "tiny_t5"
+             else ["model=smollm2-135m", f"model.name_or_path={path}", "optimizer.lr=3e-3", "trainer.max_epochs=16"])
     out = tmp_path / "run"
     metrics = run(compose_train(out, *qa_overrides(["trainer.max_epochs=8", *model], data)))
     assert set(metrics["test"]) >= {"exact_match", "f1", "loss"}

@@ -27,13 +27,18 @@ def scored_pairs(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stsb_local(data: Path, n: int = 600) -> list[str]:
+    """Overrides for task=stsb on ``n`` scored pairs, written to the csv ``data`` and carved 80/10/10."""
+    scored_pairs(n).to_csv(data, index=False)
+    return ["task=stsb", "~task.data.source",
+            f"+task.data.source={{_target_: tunelab.data.sources.load, data_files: {{train: {data}}}}}",
+            "task.data.splits=null", "task.data.val_size=0.1", "task.data.test_size=0.1"]
+
+
 def test_regression_learns_a_score(tiny_bert: Path, tmp_path: Path) -> None:
     data = tmp_path / "pairs.csv"
-    scored_pairs(600).to_csv(data, index=False)
-    local = ["task=stsb", "~task.data.source",
-             f"+task.data.source={{_target_: tunelab.data.sources.load, data_files: {{train: {data}}}}}",
-             "task.data.splits=null", "task.data.val_size=0.1", "task.data.test_size=0.1"]
-    cfg = compose_train(tmp_path / "run", *local, *tiny_overrides(tiny_bert, data)[2:], "trainer.max_epochs=8")
+    cfg = compose_train(tmp_path / "run", *stsb_local(data), *tiny_overrides(tiny_bert, data)[2:],
+                        "trainer.max_epochs=8")
     metrics = run(cfg)
     assert metrics["test"]["pearson"] > 0.8 and metrics["test"]["spearman"] > 0.8
     assert metrics["test"]["mse"] < 1.0  # the scores' variance is 2
