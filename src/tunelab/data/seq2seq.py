@@ -228,6 +228,10 @@ class Seq2SeqDataModule(TaskDataModule):
 
     uses_conversations = False  # rows are chat conversations, without a source text to shorten
 
+    def completion_room(self, completion: list[int]) -> int:
+        """Decoders: the tokens a prompt leaves free within ``max_length`` for its (already cut) completion."""
+        return len(completion)
+
     def _shorten_source(self, row: dict[str, Any], target: str | None, room: int) -> tuple[list[int], list[int]]:
         """The prompt of ``row`` with its source text cut at the end until the prompt fits ``room`` tokens
         (the instructions around the source stay whole)."""
@@ -255,7 +259,7 @@ class Seq2SeqDataModule(TaskDataModule):
             prompt, prompt_labels, completion = self.encode(row, target)
             target_cut = max(0, len(completion) - self.max_target_length)
             completion = completion[:self.max_target_length]
-            room = max(1, self.max_length - len(completion))
+            room = max(1, self.max_length - self.completion_room(completion))
             prompt_cut = max(0, len(prompt) - room)
             if prompt_cut and self.prompt.truncation == "source" and not self.uses_conversations:
                 prompt, prompt_labels = self._shorten_source(row, target, room)
