@@ -45,6 +45,11 @@ def test_shots_are_train_rows_shown_before_every_row(tiny_llama: Path, pairs_csv
     again = setup_parts(tmp_path / "again", tiny_llama, pairs_csv, "task.data.prompt.shots=2", LONG)[2].prompt.examples
     other = setup_parts(tmp_path / "other", tiny_llama, pairs_csv, "task.data.prompt.shots=2", "task.data.data_seed=7", LONG)[2]
     assert again == shots and other.prompt.examples != shots  # drawn with task.data.data_seed
+    short = setup_parts(tmp_path / "short", tiny_llama, pairs_csv, "task.data.prompt.shots=2",
+                        "task.data.prompt.shot_max_tokens=2", LONG)[2].prompt.examples
+    for whole, cut in zip(shots, short, strict=True):
+        assert cut["completion"] == whole["completion"] and whole["source"].startswith(cut["source"])
+        assert len(tokenizer(cut["source"], add_special_tokens=False)["input_ids"]) == 2
 
 
 def test_chat_shots_are_earlier_user_and_assistant_turns(tiny_llama: Path, pairs_csv: Path, tmp_path: Path) -> None:  # noqa: F811

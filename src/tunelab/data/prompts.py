@@ -69,6 +69,7 @@ class Prompt:
             cuts tokens from the prompt's start (both counted in the log), ``error`` stops naming the rows.
         shots: solved examples put before every row (in-context learning; 0: none).
         shot_separator: between the examples and before the row, without a chat template.
+        shot_max_tokens: drawn examples' source texts are cut to this many tokens (long articles; ``None``: whole).
         examples: the solved examples: the template's fields plus ``completion``; ``None``: ``shots`` rows drawn
             from the train split.
     """
@@ -80,6 +81,7 @@ class Prompt:
     truncation: Literal["source", "start", "error"] = "source"
     shots: int = 0
     shot_separator: str = "\n\n"
+    shot_max_tokens: int | None = None
     examples: Sequence[Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:

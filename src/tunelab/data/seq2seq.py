@@ -201,10 +201,16 @@ class Seq2SeqDataModule(TaskDataModule):
         if targets is None:
             raise ConfigError(f"{PROMPT}.shots={shots} needs targets in the train split to show as answers")
         columns = [c for c in rows if c != ROW]
-        examples = [{**{c: rows[c][i] for c in columns}, SOURCE_FIELD: str(sources[i]), COMPLETION_FIELD: str(targets[i])}
-                    for i in range(shots)]
+        limit, cut = self.prompt.shot_max_tokens, 0
+        examples = []
+        for i in range(shots):
+            source = str(sources[i])
+            if limit and len(ids := self.tokenizer(source, add_special_tokens=False)["input_ids"]) > limit:
+                source, cut = self.tokenizer.decode(ids[:limit]), cut + 1
+            examples.append({**{c: rows[c][i] for c in columns}, SOURCE_FIELD: source, COMPLETION_FIELD: str(targets[i])})
         self.prompt = self.prompt.with_examples(examples)
-        log.info("few-shot prompts: %d examples from split 'train': %s", shots, self.rows(train, "train", picked))
+        log.info("few-shot prompts: %d examples from split 'train'%s: %s", shots,
+                 f" ({cut} cut to {PROMPT}.shot_max_tokens={limit})" if cut else "", self.rows(train, "train", picked))
 
     def tokenize(self, batch: dict[str, list]) -> dict[str, list]:
         if self.decoder:
