@@ -1,6 +1,8 @@
 """Training throughput: tunelab against a plain PyTorch loop on the same model and batches.
 
-    python bench/throughput.py [--steps 40] [--experiment tweets-minilm] [--out results/benchmarks]
+    python bench/throughput.py [--steps 40] [--experiment tweets-minilm] [--out results/benchmarks] [overrides ...]
+    python bench/throughput.py --experiment "" --variants tunelab tunelab-packed --name packing \
+        model=smollm2-135m task=chitchat tuning=lora
 
 Each variant runs in its own process (so peak memory is its own) for the same number of
 optimizer steps on the same batches (same length-grouped sampler, seed and collator):
@@ -10,6 +12,9 @@ optimizer steps on the same batches (same length-grouped sampler, seed and colla
 - ``plain``: a hand-written loop: AdamW with the same parameter groups, linear schedule, clipping.
 - ``plain-pad-max``: the same loop fed as the Hugging Face example scripts do by default: padded
   to max_length and shuffled at random, for scale.
+- ``tunelab-packed``: ``tunelab`` with ``task.data.packing=true`` (decoder SFT: each batch's examples in one
+  row, no padding). The ``plain`` variants are classification loops; for a decoder SFT experiment compare
+  ``--variants tunelab tunelab-packed --name packing``.
 
 The first ``--warmup`` steps are not timed. Prints a Markdown table and writes it (and JSON)
 under ``--out``.
@@ -23,6 +28,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -47,7 +53,8 @@ def _setup(experiment: str, steps: int, overrides: list[str]) -> tuple[Any, Any,
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", f"trainer.max_steps={steps}", *overrides])
+        chosen = [f"experiment={experiment}"] if experiment else []  # --experiment "": the overrides alone
+        cfg = compose("train", overrides=[*chosen, f"trainer.max_steps={steps}", *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/tunelab-bench"
     tokenizer = load_tokenizer(cfg.model)
@@ -66,15 +73,18 @@ class _Meter:
     def start(self) -> None:
         self._t = time.perf_counter()
 
-    def stop(self, mask: Any) -> None:
+    def stop(self, batch: Any) -> None:
+        from tunelab.batch import token_counts
+
         elapsed = time.perf_counter() - self._t
         self.step += 1
         if self.step <= self.warmup:
             return
         self.seconds += elapsed
-        self.samples += mask.shape[0]
-        self.real += int(mask.sum())
-        self.fed += mask.numel()
+        samples, real, fed = token_counts(batch)
+        self.samples += samples
+        self.real += real
+        self.fed += fed
 
     def result(self) -> dict[str, float]:
         return {
@@ -90,6 +100,8 @@ def run_tunelab(experiment: str, steps: int, warmup: int, overrides: list[str]) 
     import lightning as L
     from hydra.utils import instantiate
 
+    from tunelab.hardware import hardware_overrides
+
     cfg, _, dm = _setup(experiment, steps, overrides)
     L.seed_everything(cfg.seed)
     module = instantiate(cfg.task.module, **dm.module_kwargs(), model=cfg.model, optimizer=cfg.optimizer,
@@ -101,9 +113,9 @@ def run_tunelab(experiment: str, steps: int, warmup: int, overrides: list[str]) 
             meter.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            meter.stop(batch["attention_mask"])
+            meter.stop(batch)
 
-    trainer = instantiate(cfg.trainer, callbacks=[Timer()], logger=False, enable_checkpointing=False,
+    trainer = instantiate(cfg.trainer, **hardware_overrides(cfg.trainer), callbacks=[Timer()], logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                           num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
@@ -146,7 +158,7 @@ def run_plain(experiment: str, steps: int, warmup: int, overrides: list[str], pa
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            meter.stop(batch["attention_mask"])
+            meter.stop(batch)
             step += 1
             if step == steps:
                 break
@@ -157,6 +169,7 @@ VARIANTS = {
     "plain": lambda a: run_plain(a.experiment, a.steps, a.warmup, a.overrides),
     "tunelab": lambda a: run_tunelab(a.experiment, a.steps, a.warmup, a.overrides),
     "plain-pad-max": lambda a: run_plain(a.experiment, a.steps, a.warmup, a.overrides, pad_to_max=True),
+    "tunelab-packed": lambda a: run_tunelab(a.experiment, a.steps, a.warmup, [*a.overrides, "task.data.packing=true"]),
 }
 
 
@@ -169,7 +182,8 @@ def main() -> None:
     parser.add_argument("--experiment", default="tweets-minilm")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["plain", "tunelab", "plain-pad-max"], choices=list(VARIANTS))
+    parser.add_argument("--name", default="throughput", help="the result files: <out>/<name>.md and .json")
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides, e.g. task.data.batch_size=16")
     args = parser.parse_args()
@@ -180,31 +194,36 @@ def main() -> None:
         queue = ctx.Queue()
         proc = ctx.Process(target=_child, args=(name, args, queue))
         proc.start()
+        while queue.empty() and proc.is_alive():  # a variant that crashes ends the benchmark instead of hanging it
+            time.sleep(1)
+        if queue.empty():
+            raise SystemExit(f"variant {name} failed (exit code {proc.exitcode}); its traceback is above")
         results[name] = queue.get()
         proc.join()
         print(f"{name}: {results[name]['samples_per_s']:.1f} samples/s", flush=True)
 
-    base = results.get("plain", {}).get("samples_per_s")
+    base_name = "plain" if "plain" in results else next(iter(results))
+    base = results[base_name]["samples_per_s"]
     lines = [
-        "| variant | samples/s | real tokens/s | padding efficiency | peak RSS (MB) | vs plain |",
+        f"| variant | samples/s | real tokens/s | padding efficiency | peak RSS (MB) | vs {base_name} |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
-        ratio = f"{r['samples_per_s'] / base:.3f}x" if base else "-"
+        ratio = f"{r['samples_per_s'] / base:.3f}x"
         lines.append(f"| {name} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['padding_efficiency']:.3f} | "
                      f"{r['peak_rss_mb']:.0f} | {ratio} |")
     import torch
 
-    command = "python bench/throughput.py " + " ".join(sys.argv[1:])
-    header = (f"Experiment `{args.experiment}`, {args.steps} optimizer steps ({args.warmup} untimed warm-up), "
+    command = "python bench/throughput.py " + shlex.join(sys.argv[1:])
+    header = (f"Experiment `{args.experiment or 'none (the overrides alone)'}`, {args.steps} optimizer steps ({args.warmup} untimed warm-up), "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads.\n\nCommand: `{command.strip()}`\n")
     table = "\n".join(lines)
     print("\n" + header + "\n" + table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.md").write_text(f"# Training throughput\n\n{header}\n{table}\n")
-    (out / "throughput.json").write_text(json.dumps({"command": command, "args": vars(args), "results": results}, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(f"# Training throughput\n\n{header}\n{table}\n")
+    (out / f"{args.name}.json").write_text(json.dumps({"command": command, "args": vars(args), "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

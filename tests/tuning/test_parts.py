@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from transformers import (
+    AutoModelForCausalLM,
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
@@ -12,14 +13,19 @@ from transformers import (
     DebertaV2ForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2ForSequenceClassification,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
     RobertaConfig,
     RobertaForSequenceClassification,
     T5Config,
     T5ForConditionalGeneration,
 )
 
+from tunelab.distributed import build_strategy
 from tunelab.errors import ConfigError
 from tunelab.tuning.parts import embedding_parameter_names, find_blocks, head_parameter_names
 
@@ -46,6 +52,10 @@ MODELS = {
                                                              encoder_ffn_dim=32, decoder_ffn_dim=32)), 4,
              "model.encoder.layers.0.", None),
 }
+DECODER = {"vocab_size": 99, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "head_dim": 8}
+for name, config in (("llama", LlamaConfig), ("qwen2", Qwen2Config), ("mistral", MistralConfig), ("gemma3", Gemma3TextConfig)):
+    MODELS[name] = (lambda config=config: AutoModelForCausalLM.from_config(config(**DECODER)), 2, "model.layers.0.", None)
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
@@ -70,3 +80,14 @@ def test_block_override_and_its_errors() -> None:
         find_blocks(model, "bert.encoder.layers")
     with pytest.raises(ConfigError, match="not a ModuleList"):
         find_blocks(model, "bert.encoder")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma3"])
+def test_fsdp_wraps_each_decoder_layer(arch: str) -> None:
+    model = MODELS[arch][0]()
+    strategy = build_strategy({"_target_": "lightning.pytorch.strategies.FSDPStrategy", "auto_wrap_policy": "blocks",
+                               "activation_checkpointing_policy": "blocks"}, model)
+    layer = type(model.model.layers[0])
+    assert layer.__name__.endswith("DecoderLayer")
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {layer}  # one FSDP unit per decoder layer
+    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {layer}
