@@ -102,3 +102,16 @@ def test_a_few_shot_evaluation_run_and_its_export_prompt_the_same(tiny_llama: Pa
     kwargs = Seq2SeqDataModule.prediction_kwargs({"prompt": {"template": TEMPLATE}}, ["source"],
                                                  json.loads((out / "model" / "tunelab.json").read_text()))
     assert kwargs["prompt"]["examples"] == shots
+
+
+def test_classification_shots_take_the_classes_in_turn(tiny_llama: Path, tmp_path: Path) -> None:  # noqa: F811
+    from tests.tasks.test_generative_classification import LABELS
+    from tests.tasks.test_generative_classification import setup_parts as classification_parts
+
+    for shots in (2, 4, 7):
+        (tmp_path / str(shots)).mkdir()
+        _, datamodule, _ = classification_parts(tmp_path / str(shots), tiny_llama, "decoder", f"task.data.prompt.shots={shots}",
+                                                "task.data.max_length=200")
+        answers = [shot["completion"] for shot in datamodule.prompt.examples]
+        counts = [answers.count(label) for label in LABELS]
+        assert len(answers) == shots and max(counts) - min(counts) <= 1, answers  # no majority label to copy

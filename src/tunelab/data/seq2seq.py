@@ -184,8 +184,25 @@ class Seq2SeqDataModule(TaskDataModule):
         return drop_empty(ds, empty, self.empty_text, "an empty source or target", split, where, self.numbering[split])
 
     # --- features -------------------------------------------------------------------------------
+    def _draw_shots(self, train: datasets.Dataset, shots: int) -> list[int]:
+        """``shots`` row positions of ``train`` (seed ``data_seed``); with a class column (``stratify_column``),
+        the classes take turns, so that no label outnumbers another among the shots by more than one."""
+        rng = random.Random(self.data_seed)
+        if not (self.stratify_column and self.stratify_column in train.column_names):
+            return rng.sample(range(len(train)), shots)
+        by_class: dict[Any, list[int]] = {}
+        for i, label in enumerate(train[self.stratify_column]):
+            by_class.setdefault(label, []).append(i)
+        queues = [rng.sample(rows, len(rows)) for _, rows in sorted(by_class.items())]
+        rng.shuffle(queues)
+        picked: list[int] = []
+        while len(picked) < shots:
+            picked += [queue.pop() for queue in queues if queue][:shots - len(picked)]
+        return picked
+
     def before_featurize(self, splits: Mapping[str, datasets.Dataset]) -> None:
-        """Few-shot prompts: ``prompt.shots`` solved rows drawn from the train split (seed ``data_seed``)."""
+        """Few-shot prompts: ``prompt.shots`` solved rows drawn from the train split (seed ``data_seed``; classes
+        in turn where the rows have one)."""
         shots = self.prompt.shots
         if not shots or self.prompt.examples is not None:
             return
@@ -195,7 +212,7 @@ class Seq2SeqDataModule(TaskDataModule):
         train = splits["train"]
         if len(train) < shots:
             raise DataError(f"{PROMPT}.shots={shots}, but split 'train' has {len(train)} rows ({self.origin['train']})")
-        picked = sorted(random.Random(self.data_seed).sample(range(len(train)), shots))
+        picked = sorted(self._draw_shots(train, shots))
         rows = train.select(picked)[:]
         sources, targets = self._pairs(rows)
         if targets is None:
