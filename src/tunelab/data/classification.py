@@ -24,7 +24,7 @@ REGRESSION_OVERRIDES = ("task.data._target_=tunelab.data.RegressionDataModule "
                         "task.monitor=val/pearson")
 
 
-def _label_string(value: Any) -> str | None:
+def label_string(value: Any) -> str | None:
     """A label value as the text it names; None when missing (blank, NaN). Integral floats (a csv
     column of integers with a blank cell is read as floats) are written as integers."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -33,6 +33,14 @@ def _label_string(value: Any) -> str | None:
         return str(int(value))
     text = str(value)
     return text if text.strip() else None
+
+
+# The columns of a text (+ pair) classification row, also read by classification by generation.
+COLUMNS = (
+    Column("text_column", "the text"),
+    Column("text_pair_column", "the second text of a pair"),
+    Column("label_column", "the label (metrics are computed when present)", target=True),
+)
 
 
 @dataclass
@@ -60,11 +68,7 @@ class ClassificationDataModule(TaskDataModule):
     """
 
     stratify_column = "labels"
-    columns = (
-        Column("text_column", "the text"),
-        Column("text_pair_column", "the second text of a pair"),
-        Column("label_column", "the label (metrics are computed when present)", target=True),
-    )
+    columns = COLUMNS
 
     def __init__(
         self,
@@ -105,7 +109,7 @@ class ClassificationDataModule(TaskDataModule):
         values = ds[self.label_column]
         if isinstance(feature, datasets.ClassLabel):  # -1: no label (e.g. hidden test labels)
             return [feature.names[v] if 0 <= v < feature.num_classes else None for v in values]
-        return [_label_string(v) for v in values]
+        return [label_string(v) for v in values]
 
     def validate(self, ds: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
         ds = check_texts(ds, self._text_keys(), split, where, self.empty_text, self.numbering[split],

@@ -23,9 +23,8 @@ import datasets
 import torch
 
 from tunelab.batch import META
-from tunelab.data.base import Column
 from tunelab.data.checks import MAX_ROWS_SHOWN, check_texts, visible_columns
-from tunelab.data.classification import _label_string
+from tunelab.data.classification import COLUMNS, label_string
 from tunelab.data.prompts import SOURCE_FIELD
 from tunelab.data.seq2seq import Seq2SeqDataModule
 from tunelab.errors import ConfigError, DataError
@@ -52,11 +51,7 @@ class GenerativeClassificationDataModule(Seq2SeqDataModule):
     """
 
     stratify_column = LABELS
-    columns = (
-        Column("text_column", "the text"),
-        Column("text_pair_column", "the second text of a pair"),
-        Column("label_column", "the label (metrics are computed when present)", target=True),
-    )
+    columns = COLUMNS
 
     def __init__(
         self,
@@ -138,7 +133,7 @@ class GenerativeClassificationDataModule(Seq2SeqDataModule):
                 names = self.labels
             return [names[v] if 0 <= v < len(names) else None for v in values], "ClassLabel"
         numeric = isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint", "float"))
-        strings = [_label_string(v) for v in values]
+        strings = [label_string(v) for v in values]
         if numeric and not all(label.lstrip("-").isdigit() for label in self.labels):  # integer ids into labels
             by_id = {str(i): label for i, label in enumerate(self.labels)}
             return [by_id.get(v, v) if v is not None else None for v in strings], "ids"
