@@ -135,8 +135,12 @@ def test_resume_finds_the_newest_checkpoint_file_or_sharded_folder(tmp_path: Pat
     (hpc / "__0_0.distcp").write_bytes(b"x")
     os.utime(last, ns=(1, 1))
     assert resume_checkpoint(tmp_path) == last  # shards without .metadata: a save that did not finish
-    (hpc / ".metadata").write_bytes(b"x")  # torch.distributed.checkpoint writes it last
+    (hpc / ".metadata").write_bytes(b"x")  # torch.distributed.checkpoint writes it after the shards
     os.utime(hpc, ns=(2, 2))
+    assert resume_checkpoint(tmp_path) == last  # Lightning's loop state (meta.pt) comes after them: not yet saved
+    (hpc / "meta.pt").write_bytes(b"half a zip")
+    assert resume_checkpoint(tmp_path) == last  # cut short
+    torch.save({"epoch": 2}, hpc / "meta.pt")
     assert resume_checkpoint(tmp_path) == hpc
 
 

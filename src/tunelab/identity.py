@@ -155,14 +155,20 @@ def wandb_id(output_dir: str) -> str:
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
+SHARDED_META = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME: rank 0 writes it after the shards
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a loadable checkpoint (truncated or corrupt file, empty shard folder), or ``None``.
 
     ``torch.save`` writes a zip archive: a truncated file has no central directory and a damaged one fails
     its CRCs, both found without unpickling anything.
     """
-    if path.is_dir():  # a torch.distributed.checkpoint folder: its .metadata is written last
-        return None if (path / ".metadata").is_file() else "a sharded checkpoint without its .metadata (unfinished)"
+    if path.is_dir():  # Lightning's sharded save: the shards, their .metadata, then the loop state in meta.pt
+        for name in (".metadata", SHARDED_META):
+            if not (path / name).is_file():
+                return f"a sharded checkpoint without its {name} (unfinished)"
+        return checkpoint_problem(path / SHARDED_META)
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
