@@ -64,7 +64,7 @@ def test_a_row_is_its_prompt_then_its_label_name_and_its_index_travels_in_meta(t
         n = len(prompt) + len(completion)
         assert batch["input_ids"][i, :n].tolist() == prompt + completion
         assert batch["labels"][i, :n].tolist() == [IGNORE_INDEX] * len(prompt) + completion
-        assert batch[META][GOLD][i].item() == LABELS.index(label) and batch[META][REFERENCE][i] == label
+        assert batch[META][GOLD][i] == LABELS.index(label) and batch[META][REFERENCE][i] == label
     assert dm.candidates == [tokenizer(" " + label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                              for label in LABELS]
 
@@ -76,7 +76,7 @@ def test_label_names_integer_ids_and_class_labels_give_the_same_rows(tiny_llama:
         "label", datasets.ClassLabel(names=LABELS))
     renamed = datasets.Dataset.from_pandas(ids, preserve_index=False).cast_column(
         "label", datasets.ClassLabel(names=["fruit", "water", "machine"]))  # renamed by task.data.labels, by id
-    golds = [first_batch(datamodule(tiny_llama, data))[META][GOLD].tolist() for data in (frame, ids, as_class_label, renamed)]
+    golds = [first_batch(datamodule(tiny_llama, data))[META][GOLD] for data in (frame, ids, as_class_label, renamed)]
     assert golds[0] == golds[1] == golds[2] == golds[3] and set(golds[0]) == {0, 1, 2}
 
 
@@ -93,7 +93,7 @@ def test_prompts_leave_room_for_the_longest_label_whatever_the_row_says(tiny_lla
     longest = max(len(c) for c in datamodule(tiny_llama, frame, labels=labels).candidates)
     assert len(prompts.pop()) + longest == 40  # the source was cut so that prompt + the longest label fit
     assert "labels" not in unlabelled and GOLD not in unlabelled.get(META, {})
-    assert sorted(labelled[META][GOLD].tolist()) == [0, 1, 2]
+    assert sorted(labelled[META][GOLD]) == [0, 1, 2]
 
 
 def test_a_text_pair_fills_the_template_or_the_encoder_input(tiny_llama: Path, tiny_t5: Path) -> None:  # noqa: F811

@@ -130,7 +130,7 @@ def test_likelihood_metrics_equal_sklearn_on_the_predictions(tiny_llama: Path, t
     gold, predicted = [], []
     for batch in datamodule.val_dataloader():
         module.update_metrics(metrics, None, batch, "val")
-        gold += batch[META][GOLD].tolist()
+        gold += batch[META][GOLD]
         predicted += scores[id(batch)].argmax(-1).tolist()
     assert len(gold) == 24 and set(predicted) == {0, 1, 2} and 0 < accuracy_score(gold, predicted) < 1
     assert module.metric_values(metrics) == pytest.approx(sklearn_metrics(gold, predicted), abs=1e-6)
@@ -140,7 +140,7 @@ def test_generated_outputs_are_matched_to_labels_and_unmatched_ones_are_wrong(ti
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     _, datamodule, module = setup_parts(tmp_path, tiny_llama, "decoder", "task.module.scoring=generate")
     batch = next(iter(datamodule.val_dataloader()))
-    gold = batch[META][GOLD].tolist()
+    gold = batch[META][GOLD]
     variants = [" Apple ", "river", "ENGINE", "apple.", "the river", ""]  # 3 match a label (stripped, any case), 3 none
     outputs = [variants[i % len(variants)] for i in range(len(gold))]
     expected = [[0, 1, 2, -1, -1, -1][i % len(variants)] for i in range(len(gold))]

@@ -16,13 +16,11 @@ row reads the same prompt as a labelled one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
-import torch
 
-from tunelab.batch import META
 from tunelab.data.checks import MAX_ROWS_SHOWN, check_texts, visible_columns
 from tunelab.data.classification import COLUMNS, label_string
 from tunelab.data.prompts import SOURCE_FIELD
@@ -52,6 +50,7 @@ class GenerativeClassificationDataModule(Seq2SeqDataModule):
 
     stratify_column = LABELS
     columns = COLUMNS
+    meta_columns = (*Seq2SeqDataModule.meta_columns, GOLD)
 
     def __init__(
         self,
@@ -193,14 +192,3 @@ class GenerativeClassificationDataModule(Seq2SeqDataModule):
         if gold is not None:
             out[GOLD] = list(gold)
         return out
-
-    def collate_fn(self) -> Callable:
-        collate = super().collate_fn()
-
-        def with_gold(features: list[dict[str, Any]]) -> dict[str, Any]:
-            batch = collate([{k: v for k, v in f.items() if k != GOLD} for f in features])
-            if GOLD in features[0]:
-                batch.setdefault(META, {})[GOLD] = torch.tensor([f[GOLD] for f in features])
-            return batch
-
-        return with_gold

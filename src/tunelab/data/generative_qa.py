@@ -9,12 +9,11 @@ first gold answer; every gold answer is a reference for the metric. A decoder re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import datasets
 
-from tunelab.batch import META
 from tunelab.data.base import Column
 from tunelab.data.checks import require_columns
 from tunelab.data.qa import parse_answers
@@ -38,6 +37,8 @@ class GenerativeQADataModule(Seq2SeqDataModule):
         Column("context_column", "the passage the answer is read from"),
         Column("target_column", "SQuAD answers {text, answer_start} (metrics are computed when present)", target=True),
     )
+
+    meta_columns = (*Seq2SeqDataModule.meta_columns, ANSWERS)  # every gold answer, for the metric
 
     def __init__(self, *args: Any, context_column: str = "context", **kwargs: Any):
         kwargs.setdefault("source_column", "question")
@@ -77,14 +78,3 @@ class GenerativeQADataModule(Seq2SeqDataModule):
         if ANSWERS in batch:
             encoded[ANSWERS] = batch[ANSWERS]
         return encoded
-
-    def collate_fn(self) -> Callable:
-        collate = super().collate_fn()
-
-        def with_answers(features: list[dict[str, Any]]) -> dict[str, Any]:
-            batch = collate([{k: v for k, v in f.items() if k != ANSWERS} for f in features])
-            if ANSWERS in features[0]:
-                batch.setdefault(META, {})[ANSWERS] = [f[ANSWERS] for f in features]
-            return batch
-
-        return with_answers

@@ -322,15 +322,20 @@ class Seq2SeqDataModule(TaskDataModule):
                         what, limit, tokens, f", {CUT_FROM[self.prompt.truncation]}" if column == _PROMPT_CUT else "", rows)
         return features.remove_columns([ROW, _PROMPT_CUT, _TARGET_CUT])
 
+    # Feature columns that travel in the batch's meta as lists, not to the model (texts for metrics and samples).
+    meta_columns: tuple[str, ...] = (SOURCE, REFERENCE)
+
+    def _meta(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        return {k: [f[k] for f in features] for k in self.meta_columns if k in features[0]}
+
     def collate_fn(self) -> Callable:
         if self.decoder:
             return self._collate_prompts
         pad = DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=self.pad_to_multiple_of)
 
         def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-            texts = [SOURCE, REFERENCE]
-            meta = {k: [f[k] for f in features] for k in texts if k in features[0]}
-            batch = pad([{k: v for k, v in f.items() if k not in texts} for f in features])
+            meta = self._meta(features)
+            batch = pad([{k: v for k, v in f.items() if k not in self.meta_columns} for f in features])
             if batch.get("labels", 0) is None:  # the collator sets labels=None for unlabelled features
                 del batch["labels"]
             return with_meta(batch, meta)
@@ -340,7 +345,7 @@ class Seq2SeqDataModule(TaskDataModule):
     def _collate_prompts(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Decoders: sequences right-padded (labels with ``IGNORE_INDEX``), or packed into one row, for the loss,
         and their prompts left-padded in ``meta`` for batched generation."""
-        meta: dict[str, Any] = {k: [f[k] for f in features] for k in (SOURCE, REFERENCE) if k in features[0]}
+        meta = self._meta(features)
         pad = self.tokenizer.pad
         prompts = pad([{"input_ids": f["input_ids"][:f[_PROMPT_LENGTH]]} for f in features], padding_side="left",
                       return_tensors="pt")

@@ -215,8 +215,8 @@ class GenerativeClassificationModule(Seq2SeqModule):
     # --- steps ------------------------------------------------------------------------------------
     def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any], stage: str) -> None:
         result = self.classify(batch)
-        gold = batch[META][GOLD]
-        metrics.update(result["prediction"].to(gold.device), gold)
+        gold = torch.tensor(batch[META][GOLD], device=result["prediction"].device)
+        metrics.update(result["prediction"], gold)
         kept = len(self.test_samples.get(stage, []))
         room = len(gold) if self.save_samples is None else max(0, self.save_samples - kept)
         names = [*self.labels, None]
