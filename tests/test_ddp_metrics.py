@@ -40,7 +40,7 @@ def test_two_rank_ddp_test_metrics_equal_single_process(tiny_bert: Path, tmp_pat
     datamodule = build_datamodule(cfg, load_tokenizer(cfg.model))
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg, [], module)
+    trainer = build_trainer(cfg, [])
     single = trainer.test(module, datamodule=datamodule, ckpt_path=metrics["best_checkpoint"], verbose=False)[0]
     single = {k.removeprefix("test/"): v for k, v in single.items()}
     assert single.keys() == metrics["test"].keys()

@@ -1,9 +1,10 @@
-"""On a CUDA GPU: ``trainer=fsdp`` (bf16, one FSDP unit per transformer block, activation checkpointing),
-its full and sharded checkpoints, requeue and resume, LoRA and generation under FSDP, and ``trainer=gpu``.
+"""On a CUDA GPU: ``trainer=fsdp`` (FSDP2 with bf16 mixed precision, one unit per transformer block,
+activation checkpointing), its full and sharded checkpoints, requeue and resume, LoRA and generation under
+FSDP2, and ``trainer=gpu``.
 
-Skipped without CUDA (CI has none); ``TUNELAB_REQUIRE_GPU=1`` makes them fail instead. With one GPU, FSDP
-runs one process, which torch runs as NO_SHARD: wrapping, mixed precision, activation checkpointing, the
-gathered export and the checkpoint formats are exercised; sharding across several GPUs is not.
+Skipped without CUDA (CI has none); ``TUNELAB_REQUIRE_GPU=1`` makes them fail instead. With one GPU, FSDP2
+runs one process (a mesh of one rank): the CUDA side (NCCL, bf16 policy, pinned offload) is what these add to
+the 2-rank CPU tests in ``tests/test_fsdp.py``, which shard for real.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available() and not REQUIRED, reason="needs a CUDA GPU")]
 
 FSDP = ["trainer=fsdp", "trainer.devices=1", "trainer.num_nodes=1"]
-FSDP_BF16 = [*FSDP, "trainer.precision=bf16-mixed", "trainer.strategy.activation_checkpointing_policy=blocks"]
+FSDP_BF16 = [*FSDP, "trainer.precision=32-true", "trainer.strategy.mixed_precision=bf16",
+             "trainer.strategy.activation_checkpointing=true"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,7 +58,7 @@ def val_losses(run_dir: Path) -> list[float]:
 
 def assert_export_holds_checkpoint(run_dir: Path, checkpoint: str | Path, auto_class: type) -> None:
     """Every tensor of the exported ``model/`` equals the (full) checkpoint's: the gathered weights, not a shard."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     exported = auto_class.from_pretrained(run_dir / "model").state_dict()
     assert exported
     for name, tensor in exported.items():
@@ -67,12 +69,12 @@ def test_fsdp_bf16_learns_and_exports_the_gathered_weights(tiny_bert: Path, lear
     out = tmp_path / "run"
     cfg = compose_train(out, *tiny_overrides(tiny_bert, learnable_csv, *FSDP_BF16))
     metrics = run(cfg)
-    assert metrics["distributed"]["strategy"] == "FSDPStrategy" and metrics["device"].startswith("cuda")
+    assert metrics["distributed"]["strategy"] == "FSDP2Strategy" and metrics["device"].startswith("cuda")
     losses = val_losses(out)[:-1]  # one per epoch (the last row is the best checkpoint's, validated again)
     assert losses[-1] < 0.5 * losses[0]
     assert metrics["test"]["accuracy"] > 0.8  # chance is 1/3
 
-    # state_dict_type=full: one consolidated file whose weights are the export's.
+    # best.ckpt: one consolidated file whose weights are the export's.
     assert Path(metrics["best_checkpoint"]).is_file()
     assert_export_holds_checkpoint(out, metrics["best_checkpoint"], AutoModelForSequenceClassification)
 
@@ -82,10 +84,9 @@ def test_fsdp_bf16_learns_and_exports_the_gathered_weights(tiny_bert: Path, lear
 
 def test_fsdp_sharded_checkpoints_requeue_and_resume(tiny_bert: Path, learnable_csv: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """state_dict_type=sharded: checkpoints are folders; a run requeued mid-epoch resumes from one and ends
-    where an uninterrupted run ends (GPU kernels are not bit-reproducible: close, not equal)."""
-    overrides = tiny_overrides(tiny_bert, learnable_csv, *FSDP, "trainer.strategy.state_dict_type=sharded",
-                               "trainer.max_epochs=3")
+    """Requeue checkpoints are sharded folders; a run requeued mid-epoch resumes from one and ends where an
+    uninterrupted run ends (GPU kernels are not bit-reproducible: close, not equal)."""
+    overrides = tiny_overrides(tiny_bert, learnable_csv, *FSDP, "trainer.max_epochs=3")
     reference = run(compose_train(tmp_path / "uninterrupted", *overrides))
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
@@ -114,7 +115,7 @@ def test_fsdp_lora_trains_only_the_adapters(tiny_pretrained: Path, learnable_csv
     metrics = run(compose_train(out, *tiny_overrides(tiny_pretrained, learnable_csv, *FSDP_BF16, "tuning=lora",
                                                      "optimizer.lr=5e-3", "trainer.max_epochs=3")))
     assert metrics["val"]["accuracy"] > 0.6
-    state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     pretrained = AutoModelForSequenceClassification.from_pretrained(tiny_pretrained, num_labels=3).state_dict()
     frozen = [k for k in state if ".base_layer." in k or "embeddings" in k]
     assert frozen

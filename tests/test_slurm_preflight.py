@@ -191,11 +191,14 @@ esac
     assert preflight(TRAINER, slurm_env(SLURM_JOB_ID="43")) == []  # nothing readable: nothing to warn about
 
 
-@pytest.mark.parametrize("accelerator", ["cpu", "auto"])
-def test_fsdp_without_gpus_stops_at_start_up(tmp_path: Path, accelerator: str) -> None:
-    cfg = compose_train(tmp_path / "run", "trainer=fsdp", f"trainer.accelerator={accelerator}", "trainer.devices=2")
-    with pytest.raises(ConfigError, match=r"trainer=fsdp needs GPUs \(CUDA, NCCL\).*trainer=ddp"):
+def test_keys_of_the_first_fsdp_stop_at_start_up_naming_their_fsdp2_counterparts(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path / "run", "trainer=fsdp", "trainer.devices=2", "+trainer.strategy.sharding_strategy=FULL_SHARD",
+                        "+trainer.strategy.state_dict_type=sharded")
+    with pytest.raises(ConfigError, match=r"(?s)FSDP2 now.*sharding_strategy: use reshard_after_forward=true.*"
+                                          r"state_dict_type: use nothing: last/requeue checkpoints are sharded"):
         run(cfg)
     assert not (tmp_path / "run").exists()  # before anything is written or loaded
-    check_strategy(compose_train(tmp_path / "run", "trainer=fsdp").trainer)  # the preset itself asks for GPUs
+    with pytest.raises(ConfigError, match="the first FSDP is not supported"):
+        check_strategy(compose_train(tmp_path / "run", "trainer=ddp", "trainer.strategy._target_=lightning.pytorch.strategies.FSDPStrategy").trainer)
+    check_strategy(compose_train(tmp_path / "run", "trainer=fsdp", "trainer.accelerator=cpu").trainer)  # FSDP2 runs on CPUs
     check_strategy(compose_train(tmp_path / "run", "trainer=ddp", "trainer.accelerator=cpu").trainer)

@@ -49,10 +49,9 @@ def _check_checkpointing(cfg: DictConfig) -> None:
     """``model.gradient_checkpointing=true`` with neither FSDP's own checkpointing nor prefix tuning."""
     if _select(cfg, "model.gradient_checkpointing") is not True:
         return
-    policy = _select(cfg, "trainer.strategy.activation_checkpointing_policy")
-    if policy not in (_ABSENT, None):
-        raise ConfigError(f"model.gradient_checkpointing=true and trainer.strategy.activation_checkpointing_policy="
-                          f"{policy} would both checkpoint every block: keep one (under trainer=fsdp, the policy)")
+    if _select(cfg, "trainer.strategy.activation_checkpointing") is True:
+        raise ConfigError("model.gradient_checkpointing=true and trainer.strategy.activation_checkpointing=true would "
+                          "both checkpoint every block: keep one (under trainer=fsdp, the strategy's)")
     if str(_select(cfg, "tuning.peft._target_")).endswith("PrefixTuningConfig"):
         raise ConfigError("tuning=prefix does not work with model.gradient_checkpointing=true: its prefixes are a "
                           "key/value cache, which checkpointed blocks drop (peft refuses the pair); set "

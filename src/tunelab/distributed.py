@@ -1,9 +1,9 @@
-"""Multi-process runs: the Slurm preflight check and the FSDP strategy built for the model at hand.
+"""Multi-process runs: the Slurm preflight check, the strategy check, who took part.
 
-Lightning does the distributed work (``SLURMEnvironment`` reads ranks from Slurm, DDP/FSDP; the requeue on
-SIGUSR1 is ``tunelab.requeue``); this module checks before training that the Slurm job is laid out the way the trainer
-config expects, because a mismatch (``srun`` missing, tasks per node != devices) hangs or fails late, and that the job
-can be requeued in time (signal, time limit, ``--requeue``).
+Lightning does the distributed work (``SLURMEnvironment`` reads ranks from Slurm, DDP, FSDP2 through
+``tunelab.fsdp``; the requeue on SIGUSR1 is ``tunelab.requeue``); this module checks before training that the
+Slurm job is laid out the way the trainer config expects, because a mismatch (``srun`` missing, tasks per node
+!= devices) hangs or fails late, and that the job can be requeued in time (signal, time limit, ``--requeue``).
 """
 
 from __future__ import annotations
@@ -17,12 +17,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
-
 from tunelab.errors import ConfigError
-from tunelab.tuning.parts import find_blocks
 
 log = logging.getLogger(__name__)
 
@@ -180,66 +175,65 @@ def preflight(trainer_cfg: Mapping[str, Any], env: Mapping[str, str] | None = No
     return warnings
 
 
+# Keys of the first FSDP (Lightning's FSDPStrategy), and what FSDP2Strategy (trainer=fsdp) has instead.
+FSDP1_KEYS = {
+    "sharding_strategy": "reshard_after_forward=true (FULL_SHARD) or false (SHARD_GRAD_OP); hybrid_shard=true (HYBRID_SHARD)",
+    "auto_wrap_policy": "blocks (null: found in the model; or the blocks' ModuleList path)",
+    "activation_checkpointing_policy": "activation_checkpointing=true",
+    "state_dict_type": "nothing: last/requeue checkpoints are sharded, best.ckpt is full",
+    "limit_all_gathers": "nothing (FSDP2 limits its all-gathers itself)",
+    "use_orig_params": "nothing (FSDP2 keeps each parameter as itself)",
+}
+
+
 def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
-    """Stop at start-up on a strategy this stack cannot run: Lightning 2.6's ``FSDPStrategy`` needs CUDA
-    devices (it refuses ``accelerator=cpu`` and ``auto``), so FSDP on CPU processes (gloo) is not possible."""
+    """Stop at start-up on a strategy config written for the first FSDP (Lightning's ``FSDPStrategy``,
+    whose ``state_dict_type`` API torch deprecates): ``trainer=fsdp`` is FSDP2 (``tunelab.fsdp``) now, and
+    each old key is named with its counterpart."""
     strategy = trainer_cfg.get("strategy")
     target = strategy.get("_target_", "") if isinstance(strategy, Mapping) else str(strategy or "")
-    if "fsdp" not in target.lower():
-        return
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    if accelerator not in ("gpu", "cuda"):
-        raise ConfigError(
-            f"trainer=fsdp needs GPUs (CUDA, NCCL): Lightning's FSDPStrategy does not run on CPU processes (gloo), "
-            f"and trainer.accelerator={accelerator}. Use trainer.accelerator=gpu on a GPU machine, or trainer=ddp "
-            "on CPUs (sbatch --gpus-per-node=0)")
+    if target.rsplit(".", 1)[-1] == "FSDPStrategy" or target.startswith("fsdp"):
+        raise ConfigError(f"trainer.strategy={target}: the first FSDP is not supported; trainer=fsdp shards with "
+                          "FSDP2 (tunelab.fsdp.FSDP2Strategy, torch's fully_shard), on GPUs and CPU processes alike")
+    if isinstance(strategy, Mapping) and target == "tunelab.fsdp.FSDP2Strategy":
+        old = [key for key in strategy if key in FSDP1_KEYS]
+        if old:
+            raise ConfigError("trainer=fsdp is FSDP2 now; these trainer.strategy keys belong to the first FSDP:\n  - "
+                              + "\n  - ".join(f"{key}: use {FSDP1_KEYS[key]}" for key in old))
 
 
-def build_strategy(strategy_cfg: Any, model: nn.Module) -> Any:
-    """The trainer's ``strategy``: a name as it is, or an instantiated strategy config.
-
-    For FSDP, ``auto_wrap_policy: blocks`` and ``activation_checkpointing_policy: blocks`` become the set
-    of the model's transformer block classes (found by ``tunelab.tuning.parts.find_blocks``; set
-    ``tuning.blocks`` where auto-detection fails), so each block is one FSDP unit.
-    """
-    if not isinstance(strategy_cfg, (DictConfig, dict)) or "_target_" not in strategy_cfg:
-        return strategy_cfg
-    kwargs = OmegaConf.to_container(strategy_cfg, resolve=True) if isinstance(strategy_cfg, DictConfig) else dict(strategy_cfg)
-    for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
-        if kwargs.get(key) == "blocks":
-            kwargs[key] = {type(block) for _, block in find_blocks(model)}
-            log.info("FSDP %s: %s", key, ", ".join(sorted(c.__name__ for c in kwargs[key])))
-    return get_class(kwargs.pop("_target_"))(**kwargs)
-
-
-def gathered_state_dict(trainer: Any) -> dict[str, Any] | None:
-    """The module's whole state dict, gathered onto rank 0's CPU (other ranks get ``{}``) when the strategy
-    is FSDP, whose module holds only this rank's shards; ``None`` for strategies that keep whole weights.
-    Under FSDP this is a collective: every rank must call it."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    if not isinstance(trainer.strategy, FSDPStrategy):
-        return None
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    model = trainer.strategy.model
-    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
-        return model.state_dict()
-
-
-def rank_info(train_samples: int) -> list[dict[str, Any]]:
-    """Who took part: one entry per rank (rank, node, pid, training samples it saw), gathered to
-    every rank; a single entry outside a process group."""
+def rank_info(train_samples: int, **extra: Any) -> list[dict[str, Any]]:
+    """Who took part: one entry per rank (rank, node, pid, training samples it saw, and ``extra``, e.g.
+    the parameter elements the rank holds), gathered to every rank; a single entry outside a process group."""
     import socket
 
     import torch.distributed as dist
 
     me = {"rank": dist.get_rank() if dist.is_initialized() else 0,
           "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
-          "pid": os.getpid(), "train_samples": train_samples}
+          "pid": os.getpid(), "train_samples": train_samples, **extra}
     if not (dist.is_available() and dist.is_initialized()):
         return [me]
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, me)
     return everyone
+
+
+def gather_eval_rows(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Per evaluation set, every rank's rows in one list, in the single-process order: rank ``r`` scored
+    examples ``r, r + world, ...`` of the evaluation order (``DistributedEvalSampler``), so the lists are
+    interleaved back, and rows that name their ``row`` are sorted by it. A task's cap on kept rows applies
+    per rank. A collective under a process group (every rank calls it); ``rows`` as is outside one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, rows)
+    merged: dict[str, list[Any]] = {}
+    for name in everyone[0]:
+        parts = [ranks_rows.get(name, []) for ranks_rows in everyone]
+        merged[name] = [part[i] for i in range(max(map(len, parts))) for part in parts if i < len(part)]
+        if merged[name] and all(isinstance(row, dict) and "row" in row for row in merged[name]):
+            merged[name].sort(key=lambda row: row["row"])
+    return merged

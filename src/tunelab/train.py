@@ -16,15 +16,15 @@ import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.callbacks import AtomicCheckpointIO, TrainStats, progress_callbacks
 from tunelab.config_checks import check_against_model, check_config
 from tunelab.data.base import TaskDataModule
-from tunelab.distributed import build_strategy, check_strategy, gathered_state_dict, preflight, rank_info
+from tunelab.distributed import check_strategy, gather_eval_rows, preflight, rank_info
 from tunelab.errors import ConfigError, unwrapped_errors
+from tunelab.fsdp import FSDP2Strategy, strategy_summary
 from tunelab.hardware import hardware_overrides
 from tunelab.hub import check_hub
 from tunelab.identity import (
@@ -41,7 +41,6 @@ from tunelab.models import load_tokenizer
 from tunelab.requeue import Requeued, ResumeCallback, slurm_managed
 from tunelab.run_folder import RunFolder, describe_owner, environment
 from tunelab.tasks.base import TaskModule
-from tunelab.trusted import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +102,14 @@ def _callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     return built
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], module: TaskModule | None = None,
+def build_trainer(cfg: DictConfig, callbacks: list[L.Callback],
                   before_requeue: Callable[[str], None] | None = None) -> L.Trainer:
     """The Lightning Trainer from ``trainer/``, ``callbacks/`` and ``logger/`` configs on this machine's
-    hardware (``tunelab.hardware``); an FSDP strategy wraps ``module``'s transformer blocks (see
-    ``tunelab.distributed.build_strategy``)."""
+    hardware (``tunelab.hardware``). FSDP2 (``trainer=fsdp``) shards the module when Lightning calls its
+    ``configure_model``."""
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = _callbacks(cfg, has_logger=bool(loggers)) + callbacks
     progress, show_bar = progress_callbacks(cfg.progress, cfg.trainer.get("log_every_n_steps") or 50)
-    strategy = cfg.trainer.get("strategy", "auto")
-    if module is not None:
-        strategy = build_strategy(strategy, module.model)
     # Requeue on SIGUSR1 at a batch boundary (tunelab.requeue), not inside Lightning's signal handler.
     slurm = slurm_managed()
     plugins: list[Any] = [AtomicCheckpointIO()]
@@ -123,7 +119,6 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], module: TaskModu
     resume.before_requeue = before_requeue  # runs before `scontrol requeue`, which ends the job's processes
     return instantiate(
         cfg.trainer,
-        strategy=strategy,
         callbacks=[*callbacks, resume, *progress],
         logger=loggers or False,
         enable_progress_bar=show_bar,
@@ -179,9 +174,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     there is not trained again, and an unfinished one resumes from its newest checkpoint. One process
     at a time owns the folder (``RunFolder.lock``); a second one on it stops at once, naming the first.
     """
+    check_strategy(cfg.trainer)  # keys of the first FSDP: named with their FSDP2 counterparts
     check_config(cfg)  # values and keys, before any work
     folder = RunFolder(cfg.paths.output_dir)
-    check_strategy(cfg.trainer)
     check_train_mode(cfg)
     for warning in preflight(cfg.trainer):
         if rank_zero_only.rank == 0:
@@ -244,17 +239,13 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
     )
 
     stats = TrainStats()
-    trainer = build_trainer(cfg, [stats], module,
-                            before_requeue=lambda message: folder.set_status("requeued", reason=message))
+    trainer = build_trainer(cfg, [stats], before_requeue=lambda message: folder.set_status("requeued", reason=message))
     for logger in trainer.loggers:
         logger.log_hyperparams({**flat_config(cfg), "run_dir": str(folder.path), **{f"params/{k}": v for k, v in params.items()}})
 
     training = bool(cfg.get("train", True))
     succeeded = False
     try:
-        if ckpt_path and isinstance(trainer.strategy, FSDPStrategy) and Path(ckpt_path).is_file():
-            # FSDP reads a full checkpoint with its own unpickler: refuse unsafe files first (mapped, not read in)
-            load_checkpoint(ckpt_path, map_location="cpu", mmap=True)
         if training:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -271,7 +262,11 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
         tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
                   for k, v in results.items()}
         eval_seconds = time.perf_counter() - started
-        ranks = rank_info(stats.total_samples)  # a collective: every rank calls it
+        sharded = isinstance(trainer.strategy, FSDP2Strategy)
+        # collectives: every rank calls them
+        ranks = rank_info(stats.total_samples, **({"local_params": trainer.strategy.local_parameter_count()} if sharded else {}))
+        weights = trainer.strategy.full_state_dict() if sharded and training else None  # rank 0: whole weights
+        samples = gather_eval_rows(module.test_samples)  # each rank scored its share of every test set
 
         metrics = {
             "run_name": cfg.run_name,
@@ -290,10 +285,10 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
             "device": str(trainer.strategy.root_device),
             "precision": str(trainer.precision),
             "distributed": {"world_size": trainer.world_size, "num_nodes": trainer.num_nodes,
-                            "strategy": type(trainer.strategy).__name__, "ranks": ranks},
+                            "strategy": type(trainer.strategy).__name__, **strategy_summary(trainer.strategy),
+                            "ranks": ranks},
             "torch_threads": torch.get_num_threads(),
         }
-        weights = gathered_state_dict(trainer) if training else None  # FSDP: the shards gathered to rank 0
         if trainer.is_global_zero:
             if training:  # an evaluation-only run exports nothing: its model is the one it loaded
                 exported = module if weights is None else unsharded_copy(cfg, datamodule, weights)
@@ -303,7 +298,7 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
                     write_model_card(path, cfg, metrics, environment())
 
                 atomic_write_dir(folder.model_dir, export)
-            for name, rows in module.test_samples.items():
+            for name, rows in samples.items():
                 folder.write_samples(name, rows)
             folder.write_metrics(metrics)
             for logger in trainer.loggers:
@@ -318,7 +313,7 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
 
 
 def unsharded_copy(cfg: DictConfig, datamodule: TaskDataModule, state_dict: dict[str, Any]) -> TaskModule:
-    """A fresh module on the CPU holding ``state_dict``: what an FSDP run exports, since its own module
+    """A fresh module on the CPU holding ``state_dict``: what an FSDP2 run exports, since its own module
     holds only this rank's shards of the weights."""
     copy = build_module(cfg, datamodule)
     copy.load_state_dict(state_dict)

@@ -1,7 +1,7 @@
 """On a real two-node Slurm cluster (slurm/local-cluster/start.sh): multi-node DDP through the project's
-sbatch template, preemption + requeue + resume, the time-limit signal of a short job (requeued, status.json
-written first), the preflight reading the job's own settings, a sweep and an Optuna search through the
-submitit launcher.
+sbatch template, preemption + requeue + resume (DDP on one node, FSDP2 across both), the time-limit signal
+of a short job (requeued, status.json written first), the preflight reading the job's own settings, a sweep
+and an Optuna search through the submitit launcher.
 
 Skipped unless ``SLURM_CONF`` points at a running cluster; with ``TUNELAB_REQUIRE_SLURM=1`` (``.ci/run``, which
 starts the cluster) they fail instead.
@@ -146,6 +146,54 @@ def test_preempted_job_resumes_its_run_and_matches_an_uninterrupted_one(
     assert resumed["val"] == pytest.approx(straight["val"], rel=1e-6, abs=1e-7)
     assert resumed["test"] == pytest.approx(straight["test"], rel=1e-6, abs=1e-7)
     assert not list(run.glob("hpc_ckpt_*.ckpt"))
+
+
+def test_two_node_fsdp2_job_requeued_mid_epoch_resumes_from_its_shards_and_matches_an_uninterrupted_one(
+        slurm_env: dict[str, str], tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
+    """trainer=fsdp across the two nodes (one rank each, every weight split between them): USR1 mid-epoch,
+    the requeue checkpoint is a sharded folder written by both nodes, the requeued job resumes from it in the
+    same run folder, and ends with the weights, per-step losses and metrics of an uninterrupted 2-node job."""
+    overrides = [*tiny_overrides(tiny_bert, learnable_csv, "trainer.max_epochs=3", "task.data.batch_size=4",
+                                 "progress=plain"), "trainer=fsdp", f"paths.root_dir={tmp_path / 'runs'}"]
+    common = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15",
+              f"--output={tmp_path}/%j.out", "slurm/train.sbatch"]
+    job = sbatch(slurm_env, *common, *overrides, "run_id=preempted")
+    run = tmp_path / "runs" / "csv-tiny-test-full" / "preempted"
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "last.ckpt" / "meta.pt").exists():  # epoch 1 saved: now preempt it mid-epoch
+        assert time.monotonic() < deadline, (tmp_path / f"{job}.out").read_text()[-3000:]
+        time.sleep(0.5)
+    time.sleep(1.0)
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm_env, check=True, timeout=30)
+    info = wait_done(job, slurm_env, timeout=600)
+    out = (tmp_path / f"{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", out[-4000:]
+    saved = re.search(r"requeue signal: saved .*hpc_ckpt_1\.ckpt at step (\d+)", out)
+    assert saved and re.search(rf"resuming {re.escape(str(run))} from .*hpc_ckpt_1\.ckpt", out), out[-4000:]
+    reference = sbatch(slurm_env, *common, *overrides, "run_id=uninterrupted")  # the nodes are free again
+    info = wait_done(reference, slurm_env, timeout=600)
+    assert info["JobState"] == "COMPLETED", (tmp_path / f"{reference}.out").read_text()[-4000:]
+
+    resumed = json.loads((run / "metrics.json").read_text())
+    straight = json.loads((run.parent / "uninterrupted" / "metrics.json").read_text())
+    dist = resumed["distributed"]
+    assert dist["strategy"] == "FSDP2Strategy" and dist["world_size"] == 2 and dist["num_nodes"] == 2
+    assert sorted(r["node"] for r in dist["ranks"]) == ["node1", "node2"]
+    assert sum(r["local_params"] for r in dist["ranks"]) == resumed["params"]["total"]  # each node holds half
+    steps_per_epoch = straight["train"]["steps"] // 3
+    assert steps_per_epoch < int(saved.group(1)) < 2 * steps_per_epoch  # mid-epoch 2
+    assert resumed["train"]["steps"] == straight["train"]["steps"]
+    assert json.loads((run / "status.json").read_text())["status"] == "completed" and not list(run.glob("hpc_ckpt_*"))
+    last = run / "checkpoints" / "last.ckpt"
+    assert {p.name for p in last.iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"}
+    final = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]  # gathered, full
+    expected = torch.load(run.parent / "uninterrupted" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert resumed["val"] == pytest.approx(straight["val"], rel=1e-5) and resumed["test"] == pytest.approx(straight["test"], rel=1e-5)
+    losses = [pd.read_csv(r / "logs" / "metrics.csv").dropna(subset=["train/loss_step"]) for r in (run, run.parent / "uninterrupted")]
+    assert not losses[0]["step"].duplicated().any()
+    assert losses[0]["train/loss_step"].tolist() == pytest.approx(losses[1]["train/loss_step"].tolist(), rel=1e-5)
 
 
 SHORT_JOB = ["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]

@@ -91,10 +91,10 @@ def test_prefix_tuning_with_checkpointing_stops_at_start_up(tiny_bert: Path, lea
 
 def test_fsdp_checkpointing_is_not_asked_for_twice(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
     cfg = compose_train(tmp_path / "run", *tiny_overrides(
-        tiny_bert, learnable_csv, "trainer=fsdp", "trainer.strategy.activation_checkpointing_policy=blocks",
+        tiny_bert, learnable_csv, "trainer=fsdp", "trainer.strategy.activation_checkpointing=true",
         "model.gradient_checkpointing=true"))
     with pytest.raises(ConfigError, match=r"model.gradient_checkpointing=true and trainer.strategy."
-                                          r"activation_checkpointing_policy=blocks would both checkpoint"):
+                                          r"activation_checkpointing=true would both checkpoint"):
         run(cfg)
 
 

@@ -167,16 +167,14 @@ class TaskModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=token_counts(batch)[0])
         return loss
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        """As Lightning does, except under FSDP, whose precision plugin refuses norm clipping: there the
-        norm over all ranks' shards is clipped by FSDP's own ``clip_grad_norm_``."""
-        from lightning.pytorch.strategies import FSDPStrategy
+    def configure_model(self) -> None:
+        """Shard the model where the strategy does (``trainer=fsdp``: ``tunelab.fsdp.FSDP2Strategy``), before the
+        optimizer is built; Lightning calls this before every fit, validate and test, and sharding is done once."""
+        from tunelab.fsdp import FSDP2Strategy
 
-        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy) and gradient_clip_algorithm in (None, "norm"):
-            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        trainer = self._trainer  # None in load_from_checkpoint, which calls this hook too
+        if trainer is not None and isinstance(trainer.strategy, FSDP2Strategy):
+            trainer.strategy.parallelize(self.model)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
         outputs = self(batch)
@@ -197,8 +195,8 @@ class TaskModule(L.LightningModule):
         return self.test_metrics if name == "test" else self.extra_test_metrics[name]
 
     def _metrics_to_device(self) -> None:
-        """Metric states on the training device, where collectives such as NCCL need them: FSDP places
-        the parameters itself, leaving torchmetrics' states (text metrics' lists) on the CPU."""
+        """Metric states on the training device, where collectives such as NCCL need them: a sharding strategy
+        may place only the parameters, leaving torchmetrics' states (text metrics' lists) on the CPU."""
         device = self.trainer.strategy.root_device
         for metrics in (self.val_metrics, self.test_metrics, self.extra_test_metrics, self.eval_losses):
             metrics.to(device)
