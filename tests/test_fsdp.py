@@ -187,13 +187,15 @@ def test_lora_trains_its_adapters_and_leaves_the_base_weights_bit_identical(
     assert_same_weights(weights(tmp_path / "one" / "checkpoints" / "best.ckpt"), best)
 
 
-@pytest.mark.parametrize("tuning", ["freeze", "bitfit", "adapter", "distill"])
+@pytest.mark.parametrize("tuning", ["freeze", "bitfit", "ia3", "prompt", "adapter", "distill"])
 def test_every_tuning_method_trains_under_fsdp2(tuning: str, tiny_bert: Path, learnable_csv: Path,
                                                 fsdp_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    """Frozen and trainable parameters in one unit (freeze: the bottom block frozen, the top one trained),
-    bottleneck adapters inside the blocks, a replicated teacher (distill: the reference run's export)."""
+    """Frozen and trainable parameters in one unit (freeze: the bottom block frozen, the top one trained;
+    BitFit: biases in every block), peft's IA3 and prompt tuning (virtual tokens before the sharded
+    embeddings), bottleneck adapters inside the blocks, a replicated teacher (distill: the reference run's
+    export)."""
     teacher_dir, _ = fsdp_run
-    extra = {"freeze": ["tuning.n_blocks=1"], "bitfit": [], "adapter": [],
+    extra = {"freeze": ["tuning.n_blocks=1"], "bitfit": [], "ia3": [], "prompt": [], "adapter": [],
              "distill": [f"tuning.teacher={teacher_dir / 'model'}"]}[tuning]
     out = tmp_path / tuning
     metrics = train_ok(out, *tiny_overrides(tiny_bert, learnable_csv, f"tuning={tuning}", *extra, "trainer.max_epochs=1",
@@ -206,8 +208,14 @@ def test_every_tuning_method_trains_under_fsdp2(tuning: str, tiny_bert: Path, le
             assert torch.equal(best[f"model.{name}"], initial[name]), name
         name = "bert.encoder.layer.1.output.dense.weight"
         assert not torch.equal(best[f"model.{name}"], initial[name])
+    if tuning == "bitfit":  # one unit, two fates: a block's weights frozen, its biases trained
+        name = "bert.encoder.layer.0.output.dense"
+        assert torch.equal(best[f"model.{name}.weight"], initial[f"{name}.weight"])
+        assert not torch.equal(best[f"model.{name}.bias"], initial[f"{name}.bias"])
+    if tuning in ("ia3", "prompt"):  # the base model's weights stay as they were
+        base = {k.split("bert.", 1)[1]: v for k, v in best.items() if ".bert." in k and "ia3_" not in k}
+        assert base and all(torch.equal(v, initial["bert." + k.replace(".base_layer", "")]) for k, v in base.items())
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
-    assert (out / "model" / "config.json").is_file() and tokenizer is not None
     texts = make_rows(8, seed=5)["text"].tolist()
     from tunelab.exported import load_run_model
 
