@@ -195,6 +195,22 @@ def test_two_node_fsdp2_job_requeued_mid_epoch_resumes_from_its_shards_and_match
     assert not losses[0]["step"].duplicated().any()
     assert losses[0]["train/loss_step"].tolist() == pytest.approx(losses[1]["train/loss_step"].tolist(), rel=1e-5)
 
+    # HSDP across the nodes (trainer.strategy.hybrid_shard=true: 2 replicas x 1 shard, gradients all-reduced
+    # between nodes): the same training, so the same weights, up to the reduction order. The attention key
+    # biases are the exception: softmax ignores them, so their gradient is float noise (all-reduce and
+    # reduce-scatter add it up differently) that Adam turns into steps; they stay within 1e-4 of each other.
+    hybrid = sbatch(slurm_env, *common, *overrides, "trainer.strategy.hybrid_shard=true", "run_id=hybrid")
+    info = wait_done(hybrid, slurm_env, timeout=600)
+    assert info["JobState"] == "COMPLETED", (tmp_path / f"{hybrid}.out").read_text()[-4000:]
+    hsdp = json.loads((run.parent / "hybrid" / "metrics.json").read_text())
+    assert hsdp["distributed"]["mesh"] == {"replicate": 2, "shard": 1}
+    assert [r["local_params"] for r in hsdp["distributed"]["ranks"]] == [hsdp["params"]["total"]] * 2  # replicas
+    replicated = torch.load(run.parent / "hybrid" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    for name, tensor in expected.items():
+        tol = {"rtol": 0, "atol": 1e-4} if name.endswith("attention.self.key.bias") else {"rtol": 1e-5, "atol": 1e-6}
+        torch.testing.assert_close(replicated[name], tensor, msg=name, **tol)
+    assert hsdp["test"] == pytest.approx(straight["test"], rel=1e-4)
+
 
 SHORT_JOB = ["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]
 
