@@ -26,6 +26,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from tests.conftest import make_rows, tiny_overrides
 from tests.helpers import compose_train
 from tests.seq2seq_fixtures import pairs_csv, t5_overrides, tiny_t5  # noqa: F401
+from tunelab.exported import load_run_model
 from tunelab.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,8 +218,6 @@ def test_every_tuning_method_trains_under_fsdp2(tuning: str, tiny_bert: Path, le
         assert base and all(torch.equal(v, initial["bert." + k.replace(".base_layer", "")]) for k, v in base.items())
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     texts = make_rows(8, seed=5)["text"].tolist()
-    from tunelab.exported import load_run_model
-
     model = load_run_model(out)  # the export reloads
     with torch.no_grad():
         logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits

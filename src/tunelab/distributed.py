@@ -202,6 +202,18 @@ def check_strategy(trainer_cfg: Mapping[str, Any]) -> None:
                               + "\n  - ".join(f"{key}: use {FSDP1_KEYS[key]}" for key in old))
 
 
+def every_rank(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``all_gather_object``: a collective, every rank calls it);
+    ``[obj]`` outside a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, obj)
+    return everyone
+
+
 def rank_info(train_samples: int, **extra: Any) -> list[dict[str, Any]]:
     """Who took part: one entry per rank (rank, node, pid, training samples it saw, and ``extra``, e.g.
     the parameter elements the rank holds), gathered to every rank; a single entry outside a process group."""
@@ -209,14 +221,9 @@ def rank_info(train_samples: int, **extra: Any) -> list[dict[str, Any]]:
 
     import torch.distributed as dist
 
-    me = {"rank": dist.get_rank() if dist.is_initialized() else 0,
-          "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
-          "pid": os.getpid(), "train_samples": train_samples, **extra}
-    if not (dist.is_available() and dist.is_initialized()):
-        return [me]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, me)
-    return everyone
+    return every_rank({"rank": dist.get_rank() if dist.is_initialized() else 0,
+                       "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+                       "pid": os.getpid(), "train_samples": train_samples, **extra})
 
 
 def gather_eval_rows(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -224,12 +231,9 @@ def gather_eval_rows(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
     examples ``r, r + world, ...`` of the evaluation order (``DistributedEvalSampler``), so the lists are
     interleaved back, and rows that name their ``row`` are sorted by it. A task's cap on kept rows applies
     per rank. A collective under a process group (every rank calls it); ``rows`` as is outside one."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    everyone = every_rank(rows)
+    if len(everyone) == 1:
         return rows
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, rows)
     merged: dict[str, list[Any]] = {}
     for name in everyone[0]:
         parts = [ranks_rows.get(name, []) for ranks_rows in everyone]

@@ -56,8 +56,6 @@ class FSDP2Strategy(ModelParallelStrategy):
             (as ``tuning.blocks``); ``null``: found in the model.
     """
 
-    strategy_name = "fsdp2"
-
     def __init__(self, reshard_after_forward: bool = True, cpu_offload: bool = False, mixed_precision: str | None = None,
                  activation_checkpointing: bool = False, hybrid_shard: bool = False, blocks: str | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = default_pg_timeout) -> None:
@@ -167,12 +165,13 @@ class FSDP2Strategy(ModelParallelStrategy):
         assert self.model is not None
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def local_parameter_count(self) -> int:
-        """Elements of the parameters this rank holds (its shards)."""
-        from torch.distributed.tensor import DTensor
 
-        assert self.model is not None
-        return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in self.model.parameters())
+
+def local_parameter_count(module: nn.Module) -> int:
+    """Elements of the parameters this rank holds: its shards under FSDP2, the whole model otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in module.parameters())
 
 
 def replace_dir(new: Path, path: Path) -> None:

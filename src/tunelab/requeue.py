@@ -33,11 +33,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from tunelab import slurm_signal
+from tunelab.distributed import every_rank
 from tunelab.slurm_signal import slurm_managed as slurm_managed  # re-exported: train.py imports it from here
 
 log = logging.getLogger(__name__)
@@ -156,11 +156,7 @@ class ResumeCallback(L.Callback):
 def per_rank(state: Any, world: int) -> list[Any]:
     """Every rank's ``state``, in rank order, for a checkpoint that each rank resumes its own part of. A
     collective under a process group: callbacks' ``state_dict`` runs on every rank (``dump_checkpoint``)."""
-    if world > 1 and dist.is_available() and dist.is_initialized():
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, state)
-        return gathered
-    return [state]
+    return every_rank(state) if world > 1 else [state]
 
 
 def _portable(states: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tunelab.config_checks import check_against_model, check_config
 from tunelab.data.base import TaskDataModule
 from tunelab.distributed import check_strategy, gather_eval_rows, preflight, rank_info
 from tunelab.errors import ConfigError, unwrapped_errors
-from tunelab.fsdp import FSDP2Strategy, strategy_summary
+from tunelab.fsdp import FSDP2Strategy, local_parameter_count, strategy_summary
 from tunelab.hardware import hardware_overrides
 from tunelab.hub import check_hub
 from tunelab.identity import (
@@ -262,9 +262,9 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
         tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
                   for k, v in results.items()}
         eval_seconds = time.perf_counter() - started
-        sharded = isinstance(trainer.strategy, FSDP2Strategy)
         # collectives: every rank calls them
-        ranks = rank_info(stats.total_samples, **({"local_params": trainer.strategy.local_parameter_count()} if sharded else {}))
+        ranks = rank_info(stats.total_samples, local_params=local_parameter_count(module.model))
+        sharded = isinstance(trainer.strategy, FSDP2Strategy)
         weights = trainer.strategy.full_state_dict() if sharded and training else None  # rank 0: whole weights
         samples = gather_eval_rows(module.test_samples)  # each rank scored its share of every test set
 
