@@ -10,22 +10,22 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from tunelab.batch import model_inputs, token_counts
-from tunelab.errors import ConfigError
 from tunelab.exported import export_info, write_export_info
 from tunelab.models import load_model
+from tunelab.optim import build_optimizer
 from tunelab.trusted import OPTIMIZER, TUNING, check_remote_code, check_tree
 from tunelab.tuning.base import TuningStrategy
 
 # Forward arguments of decoders' loss passes: no key/value cache is needed, and one filled in the forward
 # pass would change what activation checkpointing (trainer=fsdp) recomputes in the backward pass.
 NO_KV_CACHE = {"use_cache": False}
-NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
 # While ``load_from_checkpoint`` builds a module: the checkpoint file its hyperparameters come from, and
 # whether its caller allows a model that runs its repository's code.
 _FROM_CHECKPOINT: ContextVar[tuple[str, bool] | None] = ContextVar("tunelab_from_checkpoint", default=None)
@@ -46,17 +46,6 @@ def label_config(labels: Sequence[str]) -> dict[str, Any]:
 
 def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
-def no_decay_parameter_names(model: nn.Module) -> set[str]:
-    """Biases and normalisation weights: excluded from weight decay, as in BERT's recipe."""
-    names = set()
-    for module_name, module in model.named_modules():
-        for param_name, _ in module.named_parameters(recurse=False):
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            if param_name == "bias" or isinstance(module, NORM_LAYERS) or "norm" in type(module).__name__.lower():
-                names.add(full)
-    return names
 
 
 class TaskModule(L.LightningModule):
@@ -255,17 +244,10 @@ class TaskModule(L.LightningModule):
         return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = dict(self.optimizer_cfg)
-        weight_decay = cfg.get("weight_decay", 0.0) or 0.0
-        skip = no_decay_parameter_names(self.model)
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if not named:
-            raise ConfigError("no trainable parameters: the tuning strategy froze the whole model")
-        groups = [
-            {"params": [p for n, p in named if n not in skip], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if n in skip], "weight_decay": 0.0},
-        ]
-        optimizer = instantiate(cfg, _partial_=True)([g for g in groups if g["params"]])
+        trainer = self.trainer
+        clipping = bool(getattr(trainer, "gradient_clip_val", None))
+        mixed = isinstance(getattr(trainer, "precision_plugin", None), MixedPrecision)
+        optimizer = build_optimizer(self.optimizer_cfg, self.model, clipping_under_mixed_precision=clipping and mixed)
         sched = self.scheduler_cfg
         total = int(self.trainer.estimated_stepping_batches)
         warmup = sched.get("warmup_steps")
