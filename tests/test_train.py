@@ -38,6 +38,12 @@ def test_run_folder_is_complete(finished_run: tuple[Path, dict]) -> None:
     assert saved["train"]["samples_per_s"] > 0 and saved["train"]["train_samples"] == 6 * saved["data"]["train"]
     assert 0 < saved["train"]["padding_efficiency"] <= 1
     assert saved["data"] == {"train": 480, "validation": 60, "test": 60}
+    # evaluation speed: validation after each of the 6 epochs, and once more on the best checkpoint unless it holds
+    # the final weights (which the last one scored); the test set once
+    best_step = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True, mmap=True)["global_step"]
+    validations = 6 + (best_step != saved["train"]["steps"])
+    assert saved["eval"]["val_samples"] == validations * 60 and saved["eval"]["test_samples"] == 60
+    assert saved["eval"]["test_samples_per_s"] > 0 and saved["eval"]["val_samples_per_s"] > 0
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["task"]["name"] == "csv" and config["seed"] == 42  # resolved, plain yaml
     env = json.loads((out / "environment.json").read_text())
@@ -122,6 +128,20 @@ def test_train_false_evaluates_the_model_or_a_checkpoint_without_training(
     again = run(compose_train(tmp_path / "ckpt", *tiny_overrides(tiny_bert, learnable_csv, "train=false",
                                                                   f"ckpt_path={best}")))
     assert again["test"] == pytest.approx(trained["test"]) and again["val"] == pytest.approx(trained["val"])
+
+
+def test_the_last_validation_of_the_best_weights_is_not_repeated(tiny_bert: Path, learnable_csv: Path,
+                                                                  tmp_path: Path) -> None:
+    """One epoch: the best checkpoint holds the final weights, which fit's last validation scored; the run reports
+    that validation instead of repeating it, with the metrics a fresh validation of the checkpoint gives."""
+    one_epoch = run(compose_train(tmp_path / "run", *tiny_overrides(tiny_bert, learnable_csv, "trainer.max_epochs=1")))
+    assert one_epoch["eval"]["val_samples"] == one_epoch["data"]["validation"]  # one validation, in fit
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    fresh = run(compose_train(tmp_path / "ckpt", *tiny_overrides(tiny_bert, learnable_csv, "train=false",
+                                                                  f"ckpt_path={best}")))
+    assert fresh["eval"]["val_samples"] == fresh["data"]["validation"]
+    assert one_epoch["val"] == pytest.approx(fresh["val"], abs=1e-6) and set(one_epoch["val"]) == set(fresh["val"])
+    assert one_epoch["test"] == pytest.approx(fresh["test"], abs=1e-6)
 
 
 def test_a_further_test_set_beside_a_carved_test_split(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:

@@ -206,6 +206,57 @@ class TrainStats(L.Callback):
         }
 
 
+class EvalStats(L.Callback):
+    """Evaluation throughput per stage (``val``: every validation, in fit and after; ``test``: all test sets):
+    examples scored per second of the evaluation loops, on this rank; the sanity check is left out."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self._t: float | None = None
+
+    def _start(self, trainer: L.Trainer) -> None:
+        self._t = None if trainer.sanity_checking else time.perf_counter()
+
+    def _count(self, stage: str, batch: Any) -> None:
+        if self._t is not None:
+            self.samples[stage] = self.samples.get(stage, 0) + token_counts(batch)[0]
+
+    def _end(self, stage: str) -> None:
+        if self._t is not None:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - self._t
+            self._t = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._count("val", batch)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end("val")
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._count("test", batch)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end("test")
+
+    def summary(self) -> dict[str, float]:
+        """``<stage>_samples``, ``<stage>_time_s`` and ``<stage>_samples_per_s`` for the stages that ran."""
+        out: dict[str, float] = {}
+        for stage, samples in self.samples.items():
+            seconds = max(self.seconds.get(stage, 0.0), 1e-9)
+            out |= {f"{stage}_samples": samples, f"{stage}_time_s": round(seconds, 2),
+                    f"{stage}_samples_per_s": round(samples / seconds, 2)}
+        return out
+
+
 class PlainProgress(L.Callback):
     """One log line every ``every_n_steps`` steps and after each validation: for CI logs and Slurm
     output files, where a live progress bar turns into thousands of carriage returns."""

@@ -19,7 +19,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.callbacks import AtomicCheckpointIO, TrainStats, progress_callbacks
+from tunelab.callbacks import AtomicCheckpointIO, EvalStats, TrainStats, progress_callbacks
 from tunelab.config_checks import check_against_model, check_config
 from tunelab.data.base import TaskDataModule
 from tunelab.distributed import check_strategy, gather_eval_rows, preflight, rank_info
@@ -85,6 +85,17 @@ def validation_off(cfg: DictConfig) -> bool:
     """``trainer.limit_val_batches=0``: train without validation, then test the final weights."""
     limit = cfg.trainer.get("limit_val_batches")
     return limit is not None and float(limit) == 0
+
+
+def last_validation(trainer: L.Trainer, best: str | None) -> dict[str, float] | None:
+    """The metrics of fit's last validation when it scored the weights of ``best`` (the best checkpoint was saved
+    at the last optimizer step, which the last validation followed): validating them again would repeat it."""
+    if not best or not Path(best).is_file():  # a sharded folder: validate it
+        return None
+    saved_at = torch.load(best, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    if saved_at != trainer.global_step:
+        return None
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")} or None
 
 
 def _callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
@@ -238,8 +249,8 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
         "parameters: %s trainable of %s (%.2f%%)", f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"]
     )
 
-    stats = TrainStats()
-    trainer = build_trainer(cfg, [stats], before_requeue=lambda message: folder.set_status("requeued", reason=message))
+    stats, eval_stats = TrainStats(), EvalStats()
+    trainer = build_trainer(cfg, [stats, eval_stats], before_requeue=lambda message: folder.set_status("requeued", reason=message))
     for logger in trainer.loggers:
         logger.log_hyperparams({**flat_config(cfg), "run_dir": str(folder.path), **{f"params/{k}": v for k, v in params.items()}})
 
@@ -254,9 +265,13 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
             log.info("train=false: evaluating %s without training", ckpt_path or "the model as loaded")
             best = ckpt_path
         started = time.perf_counter()
+        reused = last_validation(trainer, best) if training and not validation_off(cfg) else None
         if validation_off(cfg):
             log.info("validation is off (trainer.limit_val_batches=0): testing the final weights")
             val = {}
+        elif reused is not None:
+            log.info("validation metrics of %s: those of fit's last validation, which scored these weights", best)
+            val = reused
         else:
             val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
         tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -281,6 +296,7 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
             "params": params,
             "train": {**(stats.summary() if training else {"trained": False}), "epochs": trainer.current_epoch,
                       "steps": trainer.global_step, "eval_time_s": round(eval_seconds, 2)},
+            "eval": eval_stats.summary(),
             "data": {split: len(ds) for split, ds in datamodule.examples.items()},
             "device": str(trainer.strategy.root_device),
             "precision": str(trainer.precision),

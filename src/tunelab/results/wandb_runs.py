@@ -19,7 +19,7 @@ from tunelab.results.records import COMPLETED, FAILED, INCOMPLETE, Record, Resul
 
 STATES = {"finished": COMPLETED, "crashed": FAILED, "failed": FAILED, "killed": FAILED}
 # The sections of metrics.json (test_<name>: further test sets), as summary key prefixes
-SUMMARY_SECTIONS = ("val/", "test/", "test_", "params/", "train/", "data/", "distributed/")
+SUMMARY_SECTIONS = ("val/", "test/", "test_", "params/", "train/", "eval/", "data/", "distributed/")
 
 
 def wandb_api() -> Any:
