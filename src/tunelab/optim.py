@@ -3,7 +3,7 @@ with torch's fused kernel wherever the class has one.
 
 ``optimizer.fused`` takes ``auto`` (the presets' default), ``true`` or ``false``. A fused kernel updates all
 parameters of a group in one call instead of a Python loop over them: on a 2-core CPU, AdamW's step over
-MiniLM's 22.7M parameters takes 15 ms instead of 87 ms (``python bench/optimizer_step.py``), about a sixth
+MiniLM's 22.7M parameters takes 15 ms instead of 103 ms (``results/benchmarks/optimizer-step.md``), a tenth
 of a training step at batch 32. ``auto`` uses it when the class takes ``fused`` (Adam, AdamW, SGD, Adagrad)
 and every parameter sits on a device with fused kernels, except in one case: Lightning refuses gradient
 clipping with an optimizer that unscales gradients itself, which the fused ones declare, under mixed
