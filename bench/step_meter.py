@@ -94,7 +94,6 @@ class LightningMeter(L.Callback):
 
     def __init__(self) -> None:
         self.meter = LightningMeter.current
-        self._t = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.meter.attach(pl_module.model)
@@ -103,16 +102,6 @@ class LightningMeter(L.Callback):
                            batch_idx: int) -> None:
         self.meter.step_end()
 
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t = time.perf_counter()
-        self._samples = 0
-
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._samples += token_counts(batch)[0]
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.meter.timed_eval(self._samples, time.perf_counter() - self._t)
 
 class HFMeter(TrainerCallback):
     """The meter inside the Hugging Face Trainer: a step ends where the Trainer's does (after the optimizer)."""

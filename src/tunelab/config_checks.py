@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.errors import ConfigError
-from tunelab.optim import FUSED_CHOICES
+from tunelab.optim import check_fused_choice
 
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 LENGTH_KEYS = ("task.data.max_length", "task.data.max_target_length", "task.data.block_size")
@@ -44,8 +44,8 @@ def check_config(cfg: DictConfig) -> None:
     if lr is not _ABSENT and not (_is_number(lr) and math.isfinite(lr) and lr >= 0):
         raise ConfigError(f"optimizer.lr must be a number >= 0, got {lr!r}")
     fused = _select(cfg, "optimizer.fused")
-    if fused is not _ABSENT and fused not in FUSED_CHOICES:
-        raise ConfigError(f"optimizer.fused must be auto, true or false, got {fused!r}")
+    if fused is not _ABSENT:
+        check_fused_choice(fused)
     _check_checkpointing(cfg)
 
 

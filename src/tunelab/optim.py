@@ -63,11 +63,16 @@ def _takes_fused(target: str) -> bool:
     return "fused" in inspect.signature(cls).parameters
 
 
+def check_fused_choice(choice: object) -> None:
+    """``optimizer.fused`` must be auto, true or false (checked at start-up and when a checkpoint's config is used)."""
+    if choice not in FUSED_CHOICES:
+        raise ConfigError(f"optimizer.fused must be auto, true or false, got {choice!r}")
+
+
 def fused_setting(cfg: Mapping[str, Any], params: Iterable[torch.Tensor], clipping_under_mixed_precision: bool) -> bool | None:
     """What ``fused=`` the optimizer gets from ``optimizer.fused`` (``None``: the class's own default)."""
     choice = cfg.get("fused", False)
-    if choice not in FUSED_CHOICES:
-        raise ConfigError(f"optimizer.fused = {choice!r}: expected auto, true or false")
+    check_fused_choice(choice)
     if choice is False or (choice == "auto" and cfg.get("foreach")):  # torch takes one of the two
         return None
     target = str(cfg["_target_"])
