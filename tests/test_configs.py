@@ -199,7 +199,7 @@ def test_every_tuning_preset_instantiates_on_minilm(tuning: str, tmp_path: Path)
     module = build_module(cfg, _Labels())
     pct = module.parameter_counts()["trainable_pct"]
     assert pct == 100 if tuning == "full" else pct < 100
-    if tuning in ("lora", "ia3", "prompt", "prefix", "ptuning", "bitfit", "head-only"):
+    if tuning not in ("full", "freeze", "adapter", "qlora"):  # peft methods, bitfit, head-only: under 1%
         assert pct < 1.0, pct
 
 

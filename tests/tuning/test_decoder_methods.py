@@ -13,12 +13,15 @@ from safetensors.torch import load_file
 from tests.decoder_fixtures import tiny_llama  # noqa: F401
 from tests.helpers import compose_train
 from tests.seq2seq_fixtures import SEQ2SEQ_FAST, pairs_csv  # noqa: F401
+from tunelab.config import CONFIG_DIR
 from tunelab.errors import ConfigError
 from tunelab.exported import load_run_model
 from tunelab.train import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-METHODS = ["full", "freeze", "lora", "ia3", "prompt", "prefix", "ptuning", "adapter"]
+# Every preset of configs/tuning but distill and qlora (their own tests) and those a decoder refuses (below).
+REFUSED = {"bitfit", "head-only"}
+METHODS = sorted(p.stem for p in (CONFIG_DIR / "tuning").glob("*.yaml") if p.stem not in {"distill", "qlora", *REFUSED})
 
 
 def short_run(model: Path, data: Path, out: Path, tuning: str) -> dict:

@@ -256,6 +256,10 @@ class TaskModule(L.LightningModule):
         scheduler = get_scheduler(sched["name"], optimizer, num_warmup_steps=warmup, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.tuning.on_optimizer_step(self.model, self.trainer)
+
     # --- export ----------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, tokenizer: PreTrainedTokenizerBase) -> None:
         """The tuned model in the strategy's format (Hugging Face for full fine-tuning) + ``tunelab.json``."""

@@ -20,6 +20,7 @@ class TuningStrategy:
     - ``apply(model)``: receives the full task model (backbone + head), returns the model to train.
     - ``loss(outputs, batch, task_loss)``: an extra training objective (distillation does this).
     - ``modules()``: extra modules the task module must hold (moved to the device with it).
+    - ``on_optimizer_step(model, trainer)``: after every optimizer step, gradients still there (AdaLoRA's rank allocation).
     - ``save`` / ``load_pretrained``: the export format and how to load it back.
     """
 
@@ -41,6 +42,10 @@ class TuningStrategy:
 
     def modules(self) -> dict[str, nn.Module]:
         return {}
+
+    def on_optimizer_step(self, model: nn.Module, trainer: Any) -> None:
+        """Called after each optimizer step, before the gradients are zeroed; ``trainer.global_step`` counts the
+        steps completed before this one."""
 
     def save(self, model: nn.Module, path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
         """Save in Hugging Face format: ``AutoModelFor*.from_pretrained(path)`` and pipelines load it."""
