@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.errors import ConfigError
-from tunelab.optim import check_fused_choice
+from tunelab.optim import OWN_KEYS as OPTIMIZER_OWN_KEYS
+from tunelab.optim import check_fused_choice, check_layer_decay
 
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 LENGTH_KEYS = ("task.data.max_length", "task.data.max_target_length", "task.data.block_size")
@@ -46,6 +47,9 @@ def check_config(cfg: DictConfig) -> None:
     fused = _select(cfg, "optimizer.fused")
     if fused is not _ABSENT:
         check_fused_choice(fused)
+    layer_decay = _select(cfg, "optimizer.layer_decay")
+    if layer_decay is not _ABSENT:
+        check_layer_decay(layer_decay)
     _check_checkpointing(cfg)
 
 
@@ -88,8 +92,9 @@ def check_against_model(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> 
 
 # --- keys ---------------------------------------------------------------------------------------
 def check_keys(cfg: DictConfig) -> None:
-    """Every key of a node with a ``_target_`` is an argument of its class (or function); nodes whose
-    target takes ``**kwargs`` that cannot be followed to a base class are not checked."""
+    """Every key of a node with a ``_target_`` is an argument of its class (or function), or one tunelab reads
+    itself (``optimizer.layer_decay``); nodes whose target takes ``**kwargs`` that cannot be followed to a base
+    class are not checked."""
     tree = OmegaConf.to_container(cfg, resolve=False)
     for path, node in _target_nodes(tree, ""):
         target = node["_target_"]
@@ -97,7 +102,7 @@ def check_keys(cfg: DictConfig) -> None:
         if accepted is None:
             continue
         for key in node:
-            if key in HYDRA_KEYS or key in accepted:
+            if key in HYDRA_KEYS or key in accepted or (path == "optimizer" and key in OPTIMIZER_OWN_KEYS):
                 continue
             at = f"{path}.{key}" if path else key
             match = suggest(str(key), accepted)

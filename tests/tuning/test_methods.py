@@ -33,6 +33,7 @@ TINY = {
     "full": (1e-3, 3),
     "freeze": (1e-3, 3),
     "lora": (5e-3, 3),
+    "loraplus": (1e-3, 3),
     "dora": (5e-3, 3),
     "rslora": (3e-3, 3),
     "pissa": (1e-3, 3),

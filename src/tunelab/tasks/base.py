@@ -19,7 +19,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from tunelab.batch import model_inputs, token_counts
 from tunelab.exported import export_info, write_export_info
 from tunelab.models import load_model
-from tunelab.optim import build_optimizer
 from tunelab.trusted import OPTIMIZER, TUNING, check_remote_code, check_tree
 from tunelab.tuning.base import TuningStrategy
 
@@ -247,7 +246,7 @@ class TaskModule(L.LightningModule):
         trainer = self.trainer
         clipping = bool(getattr(trainer, "gradient_clip_val", None))
         mixed = isinstance(getattr(trainer, "precision_plugin", None), MixedPrecision)
-        optimizer = build_optimizer(self.optimizer_cfg, self.model, clipping_under_mixed_precision=clipping and mixed)
+        optimizer = self.tuning.optimizer(self.optimizer_cfg, self.model, clipping_under_mixed_precision=clipping and mixed)
         sched = self.scheduler_cfg
         total = int(self.trainer.estimated_stepping_batches)
         warmup = sched.get("warmup_steps")

@@ -20,6 +20,7 @@ class TuningStrategy:
     - ``apply(model)``: receives the full task model (backbone + head), returns the model to train.
     - ``loss(outputs, batch, task_loss)``: an extra training objective (distillation does this).
     - ``modules()``: extra modules the task module must hold (moved to the device with it).
+    - ``optimizer(cfg, model, ...)``: the optimizer over the trainable parameters (LoRA+: its own groups).
     - ``on_optimizer_step(model, trainer)``: after every optimizer step, gradients still there (AdaLoRA's rank allocation).
     - ``save`` / ``load_pretrained``: the export format and how to load it back.
     """
@@ -42,6 +43,13 @@ class TuningStrategy:
 
     def modules(self) -> dict[str, nn.Module]:
         return {}
+
+    def optimizer(self, cfg: Mapping[str, Any], model: nn.Module,
+                  clipping_under_mixed_precision: bool = False) -> torch.optim.Optimizer:
+        """The run's optimizer (``cfg`` is ``optimizer``) over ``model``'s trainable parameters."""
+        from tunelab.optim import build_optimizer
+
+        return build_optimizer(cfg, model, clipping_under_mixed_precision)
 
     def on_optimizer_step(self, model: nn.Module, trainer: Any) -> None:
         """Called after each optimizer step, before the gradients are zeroed; ``trainer.global_step`` counts the

@@ -97,8 +97,16 @@ class Distill(TuningStrategy):
 
     def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor], task_loss: torch.Tensor) -> torch.Tensor:
         assert self.teacher is not None, "apply() loads the teacher"
+        task_loss = self.student.loss(outputs, batch, task_loss)  # e.g. AdaLoRA's regulariser
         kd = distillation_loss(outputs.logits, self.teacher(batch), self.temperature)
         return self.alpha * task_loss + (1 - self.alpha) * kd
+
+    def optimizer(self, cfg: Mapping[str, Any], model: nn.Module,
+                  clipping_under_mixed_precision: bool = False) -> torch.optim.Optimizer:
+        return self.student.optimizer(cfg, model, clipping_under_mixed_precision)
+
+    def on_optimizer_step(self, model: nn.Module, trainer: Any) -> None:
+        self.student.on_optimizer_step(model, trainer)
 
     def load_kwargs(self) -> dict[str, Any]:
         return self.student.load_kwargs()  # e.g. a qlora student's 4-bit base
