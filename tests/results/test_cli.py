@@ -39,6 +39,14 @@ def test_writes_tables_figures_and_lists_excluded_runs(sweep: Path, tmp_path: Pa
     assert set(curves["metric"]) == {"val/accuracy"} and len(curves) == 9  # 3 groups x 3 validations
 
 
+def test_against_plots_the_metric_over_a_numeric_key(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main([str(sweep), "--rows", ROWS, "--metric", "test/accuracy", "--against", "optimizer.lr", "--out", str(out)]) == 0
+    assert (out / "against.png").is_file() and "![test/accuracy against optimizer.lr](against.png)" in (out / "table.md").read_text()
+    against = pd.read_csv(out / "against.csv")
+    assert against[["tuning.name", "optimizer.lr", "n"]].values.tolist() == [["full", 5e-05, 3], ["full", 1e-04, 1], ["lora", 5e-05, 2]]
+
+
 def test_where_and_no_plots(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main([str(sweep), "--where", "optimizer.lr=5e-05", "--metric", "test/accuracy", "--no-plots", "--out", str(out)]) == 0

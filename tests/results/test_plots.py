@@ -9,7 +9,15 @@ import pytest
 
 from tunelab.results.aggregate import build_table, split_problems
 from tunelab.results.collect import collect
-from tunelab.results.plots import curve, curves_data, efficiency_data, plot_curves, plot_efficiency
+from tunelab.results.plots import (
+    against_data,
+    curve,
+    curves_data,
+    efficiency_data,
+    plot_against,
+    plot_curves,
+    plot_efficiency,
+)
 from tunelab.results.records import ResultsError
 
 ROWS = ["tuning.name", "optimizer.lr"]
@@ -75,3 +83,37 @@ def test_curves_of_an_unlogged_metric_list_the_logged_ones(sweep: Path) -> None:
     runs = split_problems(collect([sweep]))[0]
     with pytest.raises(ResultsError, match="no run logged 'val/macro_f1' during training; logged validation metrics: val/accuracy, val/loss"):
         curves_data(runs, ROWS, "val/macro_f1")
+
+
+def test_a_metric_against_a_numeric_key_matches_the_table(sweep: Path, tmp_path: Path) -> None:
+    """The data-size curve (e.g. --against task.data.few_shot.k): one line per series, x as numbers in order."""
+    runs = split_problems(collect([sweep]))[0]
+    table = build_table(runs, ["test/accuracy"], rows=ROWS)
+    data = against_data(runs, ROWS, "optimizer.lr", "test/accuracy")
+    assert list(data.columns) == ["tuning.name", "optimizer.lr", "metric", "mean", "std", "n"]
+    assert list(zip(data["tuning.name"], data["optimizer.lr"], strict=True)) == [("full", 5e-05), ("full", 1e-04), ("lora", 5e-05)]
+    for point in data.itertuples(index=False):
+        cell = table.cell((point[0], f"{point[1]:g}"), (), "test/accuracy")
+        assert (point.mean, point.n) == (cell["mean"], cell["n"])
+    plot_against(data, "optimizer.lr", tmp_path / "against.png")
+    assert (tmp_path / "against.png").read_bytes().startswith(PNG)
+    with pytest.raises(ResultsError, match=r"--against tuning.name: needs numbers, and some runs have full, lora"):
+        against_data(runs, ROWS, "tuning.name", "test/accuracy")
+
+
+def test_efficiency_point_names_do_not_overlap(tmp_path: Path) -> None:
+    """Methods whose points nearly coincide (prefix and ptuning in the BBC ablation) keep readable names."""
+    names = ["prefix", "ptuning", "prompt", "lora", "ia3", "full"]
+    data = pd.DataFrame({"tuning.name": names, "trainable_pct": [0.21, 0.22, 0.21, 0.5, 0.49, 100.0],
+                         "metric": "test/accuracy", "mean": [0.60, 0.605, 0.598, 0.9, 0.9, 0.95], "std": 0.01, "n": 3})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plot_efficiency(data, "tuning.name", tmp_path / "efficiency.png")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # the saved layout
+    renderer = canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].texts]
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(names)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)

@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
                    help="metrics, e.g. test/accuracy val/macro_f1 params/trainable_pct train/samples_per_s (default: test/accuracy)")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="keep only runs with this config value")
     p.add_argument("--by", metavar="KEY", help=f"key naming the methods in the efficiency plot (default: {DEFAULT_BY})")
+    p.add_argument("--against", metavar="KEY", help="also plot the first metric against this numeric config key "
+                   "(e.g. task.data.few_shot.k: a data-size curve), one line per series")
     p.add_argument("--curve", metavar="METRIC", help="validation metric of the learning curves (default: val/ + the first metric's name)")
     p.add_argument("--digits", type=int, default=4, help="decimals in the tables (default: 4)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")
@@ -100,6 +102,13 @@ def write_figures(args: argparse.Namespace, records: list[Record], table: Table)
         body = f"{curve_metric} against step, mean ± std over seeds (data: `curves.csv`).\n\n![learning curves](curves.png)\n"
         sections.append(("Learning curves", body))
         files += ["curves.csv", "curves.png"]
+    if args.against and metric:
+        against = plots.against_data(records, keys, args.against, metric)
+        atomic_write_text(args.out / "against.csv", against.to_csv(index=False))
+        plots.plot_against(against, args.against, args.out / "against.png")
+        body = render.frame_markdown(against, table.digits) + f"\n![{metric} against {args.against}](against.png)\n"
+        sections.append((f"{metric} against {args.against}", body))
+        files += ["against.csv", "against.png"]
     return sections, files
 
 

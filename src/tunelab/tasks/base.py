@@ -21,6 +21,7 @@ from tunelab.exported import export_info, write_export_info
 from tunelab.models import load_model
 from tunelab.trusted import OPTIMIZER, TUNING, check_remote_code, check_tree
 from tunelab.tuning.base import TuningStrategy
+from tunelab.tuning.recipes import Recipes
 
 # Forward arguments of decoders' loss passes: no key/value cache is needed, and one filled in the forward
 # pass would change what activation checkpointing (trainer=fsdp) recomputes in the backward pass.
@@ -115,6 +116,8 @@ class TaskModule(L.LightningModule):
             backbone.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds (no dropout)
             self.model = self.tuning.apply(backbone)
         self.tuning_modules = nn.ModuleDict(self.tuning.modules())  # e.g. a teacher: moves with the module
+        # L2-SP's starting weights, gradual unfreezing's depths (off for a loaded export: it is not trained)
+        self.recipes = Recipes(self.model) if self.pretrained else Recipes(self.model, self.tuning.l2sp, self.tuning.unfreeze)
         metrics = self.build_metrics()
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -154,6 +157,13 @@ class TaskModule(L.LightningModule):
         loss = self.loss(self(batch), batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=token_counts(batch)[0])
         return loss
+
+    def on_train_start(self) -> None:
+        self.recipes.check(self.trainer, self.model)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        for name, value in self.recipes.before_optimizer_step(self.model, self.trainer).items():  # tuning.unfreeze, l2sp
+            self.log(name, value, on_step=True, on_epoch=False)
 
     def configure_model(self) -> None:
         """Shard the model where the strategy does (``trainer=fsdp``: ``tunelab.fsdp.FSDP2Strategy``), before the

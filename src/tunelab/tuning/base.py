@@ -27,10 +27,16 @@ class TuningStrategy:
 
     name: str = "base"
 
-    def __init__(self, name: str | None = None, lr: float | None = None):
-        """``lr`` is the preset's learning rate, read by the optimizer config (``${tuning.lr}``)."""
+    def __init__(self, name: str | None = None, lr: float | None = None, l2sp: float | None = None,
+                 unfreeze: int | str | None = None):
+        """``lr`` is the preset's learning rate, read by the optimizer config (``${tuning.lr}``); ``l2sp`` and
+        ``unfreeze`` are recipes that combine with any method (``tunelab.tuning.recipes``)."""
+        from tunelab.tuning.recipes import check_recipes
+
+        check_recipes(l2sp, unfreeze)
         self.name = name or type(self).name
         self.lr = lr
+        self.l2sp, self.unfreeze = l2sp, unfreeze
 
     def load_kwargs(self) -> dict[str, Any]:
         return {}

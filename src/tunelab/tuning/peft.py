@@ -163,12 +163,15 @@ class Peft(TuningStrategy):
         with tempfile.TemporaryDirectory() as tmp:
             initial = Path(tmp) / "initial"
             initial.mkdir()
-            save_file(self._initial_adapter, initial / SAFETENSORS_WEIGHTS_NAME)
+            # a head put in modules_to_save after apply (multiple choice) is not in the initial adapter
+            trained = get_peft_model_state_dict(model)
+            start = {**{k: v.detach().contiguous() for k, v in trained.items() if k not in self._initial_adapter},
+                     **self._initial_adapter}
+            save_file(start, initial / SAFETENSORS_WEIGHTS_NAME)
             model.save_pretrained(path, path_initial_model_for_weight_conversion=str(initial))
         weights = path / SAFETENSORS_WEIGHTS_NAME
         converted = load_file(weights)
-        others = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()
-                  if "lora_A" not in k and "lora_B" not in k}
+        others = {k: v.detach().contiguous() for k, v in trained.items() if "lora_A" not in k and "lora_B" not in k}
         save_file({**others, **converted}, weights, metadata={"format": "pt"})
 
     def load_pretrained(self, auto_class: type, model_cfg: Mapping[str, Any], path: Path, **config_kwargs: Any) -> nn.Module:
