@@ -40,7 +40,7 @@ def test_every_shipped_option_passes(overrides: list[str], tmp_path: Path) -> No
     ("+logger.csv.save_directory=x", "logger.csv.save_directory is not an argument of tunelab.loggers.ResumableCSVLogger; "
                                      "did you mean logger.csv.save_dir?"),
     ("+task.module.zzz=1", "task.module.zzz is not an argument of tunelab.tasks.SequenceClassificationModule; it takes "
-                           "labels, model, optimizer, pretrained, scheduler, tuning"),
+                           "labels, loss, model, optimizer, pretrained, scheduler, tuning"),
 ])
 def test_misspelt_key_names_the_class_and_the_nearest_argument(override: str, message: str, tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, "task=csv", "task.data.source.data_files.train=x.csv", override)
@@ -54,7 +54,7 @@ def test_keys_of_peft_configs_and_tuning_bases_are_checked(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"^tuning.peft.lora_alfa is not an argument of peft.LoraConfig; did you mean "
                                           r"tuning.peft.lora_alpha\?$"):
         check_config(cfg)
-    assert {"peft", "merge_on_export", "name", "lr"} == accepted_arguments("tunelab.tuning.Peft")  # via TuningStrategy
+    assert {"peft", "merge_on_export", "name", "lr", "l2sp", "unfreeze"} == accepted_arguments("tunelab.tuning.Peft")  # via TuningStrategy
     assert accepted_arguments("lightning.pytorch.loggers.WandbLogger") is None  # **kwargs to wandb.init: not checked
     assert accepted_arguments("tunelab.data.sources.load") is None  # **kwargs to datasets.load_dataset
 

@@ -39,6 +39,13 @@ def check_config(cfg: DictConfig) -> None:
     _whole(cfg, "task.data.eval_batch_size", minimum=1, optional=True)
     for key in ("task.data.val_size", "task.data.test_size"):
         _split_size(cfg, key)
+    loss = _select(cfg, "task.loss")
+    if loss is not _ABSENT:
+        # imported here: tunelab.tasks imports the tuning methods, and one of them imports this module
+        from tunelab.tasks.loss import check_loss_options
+
+        labels = _select(cfg, "task.data.labels")
+        check_loss_options(loss, None if labels in (_ABSENT, None) else [str(label) for label in labels])
     _whole(cfg, "trainer.max_epochs", minimum=-1, optional=True)
     _whole(cfg, "trainer.max_steps", minimum=-1)
     lr = _select(cfg, "optimizer.lr")

@@ -298,6 +298,7 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
                       "steps": trainer.global_step, "eval_time_s": round(eval_seconds, 2)},
             "eval": eval_stats.summary(),
             "data": {split: len(ds) for split, ds in datamodule.examples.items()},
+            **datamodule.data_report.metrics(),  # data/<split>: task.data.quality's counts
             "device": str(trainer.strategy.root_device),
             "precision": str(trainer.precision),
             "distributed": {"world_size": trainer.world_size, "num_nodes": trainer.num_nodes,

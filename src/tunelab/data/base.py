@@ -1,6 +1,8 @@
 """The datamodule base shared by every task family.
 
-load source -> pick splits -> validate + encode (family) -> carve missing splits -> subsample
+load source -> pick splits -> normalise + missing values (``tunelab.data.quality``) -> validate + encode
+(family) -> carve missing splits -> duplicates, overlap, class counts (``tunelab.data.quality``) -> few-shot /
+train fraction (``tunelab.data.subsets``) -> subsample
 -> tokenize (cached by ``datasets.map``) -> dataloaders with dynamic padding.
 Families subclass it and implement ``validate`` and ``tokenize``, with the checks of
 ``tunelab.data.checks``; their messages name rows with ``rows`` (as numbered in the user's file).
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data.checks import ROW, RowNumbering, check_empty_text_policy, describe_rows, number_rows
+from tunelab.data.quality import Fields, QualityConfig, QualityReport, SplitView
 from tunelab.data.sampling import (
     DistributedEvalSampler,
     DistributedLengthGroupedSampler,
@@ -30,11 +33,13 @@ from tunelab.data.sampling import (
     sorted_by_length,
 )
 from tunelab.data.sources import Source, load
+from tunelab.data.subsets import Subsets
 from tunelab.errors import ConfigError, DataError, unwrap
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+GROUP = "__tunelab_group__"  # carving: a row's exact-duplicate group
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class TaskDataModule(L.LightningDataModule):
         pad_to_multiple_of: pad batch lengths to a multiple of this (tensor-core friendly on GPU).
         empty_text: rows whose text (any text column of the family) is blank: ``drop`` them with a
             warning naming them, or stop with an ``error`` naming them.
+        quality: the data-quality checks and normalisation (``tunelab.data.quality.QualityConfig``).
+        few_shot: ``{k, seed, validation}``: k training examples per class (``tunelab.data.subsets``).
+        train_fraction: a seeded share of the training rows (``tunelab.data.subsets``).
         seed: the run's seed, for the training order.
     """
 
@@ -130,6 +138,9 @@ class TaskDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
         empty_text: Literal["drop", "error"] = "drop",
+        quality: Mapping[str, Any] | None = None,
+        few_shot: Mapping[str, Any] | None = None,
+        train_fraction: float | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -153,6 +164,15 @@ class TaskDataModule(L.LightningDataModule):
         self.lengths: dict[str, list[int]] = {}
         self.origin: dict[str, str] = {}
         self.numbering: dict[str, RowNumbering] = defaultdict(RowNumbering)  # per split: how messages number rows
+        self.data_report = QualityReport(QualityConfig.parse(quality))  # its counts go to metrics.json
+        self.subsets = Subsets.parse(few_shot, train_fraction)
+        capped = [s for s in ("train", *(["validation"] if self.subsets.validation == "kshot" else []))
+                  if self.max_samples.get(s) is not None]
+        if self.subsets.k is not None and capped:
+            raise ConfigError(f"task.data.few_shot.k draws the {' and '.join(capped)} rows itself, and task.data.max_samples "
+                              f"caps them at random afterwards (losing the k per class): set "
+                              f"{', '.join(f'task.data.max_samples.{s}' for s in capped)} to null")
+        self.carved: dict[str, str] = {}  # the splits held out from train -> how (tunelab.data.quality.CARVING)
         self.seed = seed
 
     # --- hooks for task families ---------------------------------------------------------------
@@ -200,6 +220,19 @@ class TaskDataModule(L.LightningDataModule):
     def module_kwargs(self) -> dict[str, Any]:
         """What the task module needs to know about the data (e.g. the label names)."""
         return {}
+
+    def quality_fields(self) -> Fields:
+        """The columns ``task.data.quality`` checks: those of ``columns`` (each key's attribute: a column name or
+        a list of them; ClassificationDataModule keeps its text and pair in ``text_columns``), targets apart."""
+        text: list[str] = []
+        target: list[str] = []
+        for column in self.columns:
+            names = getattr(self, column.key, None)
+            if names is None and not column.target and not hasattr(self, column.key):
+                names = getattr(self, "text_columns", None)
+            names = [names] if isinstance(names, str) else list(names or ())
+            (target if column.target else text).extend(names)
+        return Fields(tuple(dict.fromkeys(text)), tuple(dict.fromkeys(target)))
 
     def rows(self, ds: datasets.Dataset, split: str, positions: Sequence[int]) -> str:
         """The rows at ``positions`` of ``ds`` (a split being validated) as numbered in the user's
@@ -257,14 +290,42 @@ class TaskDataModule(L.LightningDataModule):
             stratify = self.stratify_column
             if stratify and not isinstance(train.features.get(stratify), datasets.ClassLabel):
                 stratify = None
+            # exact duplicates (task.data.quality.duplicates) stay together: carving holds out whole groups
+            groups = self.data_report.group_ids(train, self.quality_fields())
+            how = "rows" if self.data_report.config.duplicates == "off" else "grouped"
+            if groups is not None and len(set(groups)) <= size:
+                log.warning("train has %d distinct rows, too few to hold out %d whole groups of duplicates for '%s': "
+                            "carving rows, so copies may land on both sides", len(set(groups)), size, split)
+                groups, how = None, "too few groups"
+            pool = train if groups is None else self._group_representatives(train, groups)
+            rows = size
+            if groups is not None:  # the same share of the groups as of the rows (no duplicates: the same count)
+                size = max(1, round(size * len(pool) / len(train)))
             try:
-                parts = train.train_test_split(test_size=size, seed=self.data_seed, stratify_by_column=stratify)
+                parts = pool.train_test_split(test_size=size, seed=self.data_seed, stratify_by_column=stratify)
             except ValueError as err:  # e.g. too few examples of a class to stratify
                 log.warning("stratified split failed (%s); splitting at random", err)
-                parts = train.train_test_split(test_size=size, seed=self.data_seed)
+                parts = pool.train_test_split(test_size=size, seed=self.data_seed)
+            if groups is not None:
+                held = set(parts["test"][GROUP])
+                parts = {name: train.select([i for i, g in enumerate(groups) if (g in held) == (name == "test")])
+                         for name in ("train", "test")}
+            if groups is not None and abs(len(parts["test"]) - rows) > max(5, 0.2 * rows):
+                log.warning("'%s' holds %d rows where %d were asked for: carving holds out whole groups of exact "
+                            "duplicates, and large groups landed there (task.data.quality.duplicates=off carves rows)",
+                            split, len(parts["test"]), rows)
             splits["train"], splits[split] = parts["train"], parts["test"]
+            self.carved[split] = how
             self.origin[split] = f"{self.origin['train']} (held out from train: {len(parts['test'])} rows)"
             self.numbering[split] = self.numbering["train"]  # its rows keep their ids in the train file
+
+    @staticmethod
+    def _group_representatives(train: datasets.Dataset, groups: list[int]) -> datasets.Dataset:
+        """The first row of each group, with its group id in ``GROUP``."""
+        first: dict[int, int] = {}
+        for i, g in enumerate(groups):
+            first.setdefault(g, i)
+        return train.select(list(first.values())).add_column(GROUP, list(first))
 
     def _subsample(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         n = self.max_samples.get(split)
@@ -277,15 +338,30 @@ class TaskDataModule(L.LightningDataModule):
         if self.examples is not None:
             return
         need_train = stage in (None, "fit")
+        checks = stage != "predict"  # a file to predict is normalised as the training data was, not checked
         splits = self._pick_splits(self.load_source(), need_train)
+        fields = self.quality_fields()
         for split, ds in splits.items():
             if len(ds) == 0:
                 raise DataError(f"split '{split}' is empty (0 rows): {self.origin[split]}")
-            splits[split] = self.validate(number_rows(ds), split, self.origin[split])
+            ds = self.data_report.normalise(number_rows(ds), split, fields)
+            if checks:
+                ds = self.data_report.check_missing(SplitView(split, ds, self.origin[split], self.numbering[split]), fields)
+            splits[split] = self.validate(ds, split, self.origin[split])
             if len(splits[split]) == 0:
                 raise DataError(f"split '{split}' has no usable rows left after validation: {self.origin[split]}")
         if need_train:
             self._carve(splits)
+        if checks:
+            views = {s: SplitView(s, ds, self.origin[s], self.numbering[s], self.carved.get(s)) for s, ds in splits.items()}
+            splits.update(self.data_report.check_splits(views, fields))
+            for split, ds in splits.items():
+                if len(ds) == 0:
+                    raise DataError(f"split '{split}' has no rows left after task.data.quality dropped some: "
+                                    f"{self.origin[split]}")
+            self.data_report.class_counts(splits, self.stratify_column)
+        if need_train:
+            splits = self.subsets.draw(splits, self.stratify_column, self.data_seed)
         self.before_featurize(splits)
         self.examples = {}
         for split, ds in splits.items():

@@ -11,23 +11,27 @@ from transformers import AutoModelForSequenceClassification
 
 from tunelab.batch import model_inputs
 from tunelab.metrics.classification import classification_metrics, flatten_metrics
-from tunelab.tasks.base import TaskModule, in_row_order, label_config
+from tunelab.tasks.base import in_row_order
+from tunelab.tasks.loss import ClassifierModule, cross_entropy
 
 
-class SequenceClassificationModule(TaskModule):
-    """A classifier over ``labels`` (names in id order); label names go into the exported config."""
+class SequenceClassificationModule(ClassifierModule):
+    """A classifier over ``labels`` (names in id order); label names go into the exported config.
+    Trains on ``task.loss`` (``tunelab.tasks.loss``)."""
 
     auto_model_class = AutoModelForSequenceClassification
 
     def __init__(self, labels: Sequence[str], model: Mapping[str, Any], optimizer: Mapping[str, Any], **kwargs: Any):
-        super().__init__(model=model, optimizer=optimizer, **kwargs)
+        super().__init__(labels=labels, model=model, optimizer=optimizer, **kwargs)
 
-    @property
-    def labels(self) -> list[str]:
-        return [str(label) for label in self.hparams.labels]
-
-    def config_kwargs(self) -> dict[str, Any]:
-        return label_config(self.labels)
+    def forward(self, batch: dict[str, Any]) -> Any:
+        """Logits and their plain cross-entropy (``val/loss``, ``test/loss``), from a forward pass without labels:
+        training takes ``task.loss``'s cross-entropy of the logits, and AdaLoRA, given no loss by the model, adds
+        its regulariser to that in its strategy's ``loss``."""
+        outputs = self.model(**model_inputs(batch, targets=False), **self.forward_kwargs)
+        if "labels" in batch:
+            outputs["loss"] = cross_entropy(outputs.logits, batch["labels"])
+        return outputs
 
     def build_metrics(self) -> MetricCollection:
         return classification_metrics(len(self.labels))

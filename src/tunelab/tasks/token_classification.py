@@ -11,17 +11,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from transformers import AutoModelForTokenClassification
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from tunelab.batch import IGNORE_INDEX, META, model_inputs
+from tunelab.batch import META, model_inputs
 from tunelab.metrics.entities import EntityMetrics, entities
-from tunelab.tasks.base import TaskModule, label_config
+from tunelab.tasks.loss import ClassifierModule, cross_entropy
 
 
-class TokenClassificationModule(TaskModule):
+class TokenClassificationModule(ClassifierModule):
     """Tags words with ``labels`` (tag names in id order, e.g. ``O, B-PER, I-PER``).
 
     Args:
@@ -29,21 +28,15 @@ class TokenClassificationModule(TaskModule):
             entity) or ``strict`` (only entities well formed in ``tag_scheme``).
         tag_scheme: IOB1, IOB2 or BIOES (the datamodule's; needed by ``strict``).
         num_samples: test sentences (the first rows) written to ``samples/<test set>.jsonl``.
+        **kwargs: ``loss`` (``task.loss``, see ``tunelab.tasks.loss``), and ``TaskModule``'s.
     """
 
     auto_model_class = AutoModelForTokenClassification
 
     def __init__(self, labels: Sequence[str], model: Mapping[str, Any], optimizer: Mapping[str, Any],
                  entity_mode: str = "default", tag_scheme: str | None = None, num_samples: int = 100, **kwargs: Any):
-        super().__init__(model=model, optimizer=optimizer, **kwargs)
+        super().__init__(labels=labels, model=model, optimizer=optimizer, **kwargs)
         self.num_samples = num_samples
-
-    @property
-    def labels(self) -> list[str]:
-        return [str(tag) for tag in self.hparams.labels]
-
-    def config_kwargs(self) -> dict[str, Any]:
-        return label_config(self.labels)
 
     def build_metrics(self) -> MetricCollection:
         """``precision``, ``recall``, ``f1`` (entities, micro), ``accuracy`` (words), ``f1/<type>``, ..."""
@@ -63,8 +56,7 @@ class TokenClassificationModule(TaskModule):
         outputs = self.model(**model_inputs(batch, targets=False), **self.forward_kwargs)
         logits = outputs.logits[:, -batch["input_ids"].size(1):]
         labels = batch.get("labels")
-        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                                           ignore_index=IGNORE_INDEX)
+        loss = None if labels is None else cross_entropy(logits, labels)
         return TokenClassifierOutput(loss=loss, logits=logits)
 
     def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any], stage: str) -> None:
