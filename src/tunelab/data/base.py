@@ -284,14 +284,14 @@ class TaskDataModule(L.LightningDataModule):
             )
         return sizes
 
-    def _carve(self, splits: dict[str, datasets.Dataset]) -> None:
+    def _carve(self, splits: dict[str, datasets.Dataset], fields: Fields) -> None:
         for split, size in self._carve_sizes(splits).items():
             train = splits["train"]
             stratify = self.stratify_column
             if stratify and not isinstance(train.features.get(stratify), datasets.ClassLabel):
                 stratify = None
             # exact duplicates (task.data.quality.duplicates) stay together: carving holds out whole groups
-            groups = self.data_report.group_ids(train, self.quality_fields())
+            groups = self.data_report.group_ids(train, fields)
             how = "rows" if self.data_report.config.duplicates == "off" else "grouped"
             if groups is not None and len(set(groups)) <= size:
                 log.warning("train has %d distinct rows, too few to hold out %d whole groups of duplicates for '%s': "
@@ -351,7 +351,7 @@ class TaskDataModule(L.LightningDataModule):
             if len(splits[split]) == 0:
                 raise DataError(f"split '{split}' has no usable rows left after validation: {self.origin[split]}")
         if need_train:
-            self._carve(splits)
+            self._carve(splits, fields)
         if checks:
             views = {s: SplitView(s, ds, self.origin[s], self.numbering[s], self.carved.get(s)) for s, ds in splits.items()}
             splits.update(self.data_report.check_splits(views, fields))

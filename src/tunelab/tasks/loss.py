@@ -130,6 +130,11 @@ class ClassificationLoss(nn.Module):
             log.info("training loss (%s): cross-entropy, label smoothing %g, class weights %s%s", KEY,
                      self.label_smoothing, "(balanced) " if self.class_weights == BALANCED else "", shown)
 
+    @property
+    def plain(self) -> bool:
+        """No smoothing and no weights: the plain cross-entropy the forward pass already computes."""
+        return not self.label_smoothing and self.class_weights is None
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.class_weights == BALANCED and self.weight is None:
             raise RuntimeError(f"{KEY}.class_weights={BALANCED}: the weights are counted when the trainer fits "
@@ -166,4 +171,5 @@ class ClassifierModule(TaskModule):
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``task.loss``'s cross-entropy of the logits, and what the tuning strategy adds."""
-        return self.tuning.loss(outputs, batch, self.criterion(outputs.logits, batch["labels"]))
+        task_loss = outputs.loss if self.criterion.plain else self.criterion(outputs.logits, batch["labels"])
+        return self.tuning.loss(outputs, batch, task_loss)

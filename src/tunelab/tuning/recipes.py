@@ -56,7 +56,7 @@ class Recipes:
     """The recipes of one run over the model its tuning method returned (see the module docstring)."""
 
     def __init__(self, model: nn.Module, l2sp: float | None = None, unfreeze: int | str | None = None):
-        check_recipes(l2sp, unfreeze)
+        """``l2sp`` and ``unfreeze`` as the tuning strategy checked them (``check_recipes``)."""
         self.alpha = float(l2sp) if l2sp else 0.0
         self.unfreeze = unfreeze
         # L2-SP: the starting value of each trained parameter but the head, by name; plain tensors, not buffers
