@@ -37,6 +37,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("task.data.batch_size", *LENGTH_KEYS):
         _whole(cfg, key, minimum=1)
     _whole(cfg, "task.data.eval_batch_size", minimum=1, optional=True)
+    _whole(cfg, "task.data.max_tokens", minimum=1, optional=True)
     for key in ("task.data.val_size", "task.data.test_size"):
         _split_size(cfg, key)
     loss = _select(cfg, "task.loss")

@@ -109,3 +109,16 @@ def test_a_packed_run_with_prompt_tuning_stops_before_training(tiny_llama: Path,
     cfg = compose_train(tmp_path / "run", *decoder_overrides(tiny_llama, pairs_csv, "tuning=prompt", "task.data.packing=true"))
     with pytest.raises(ConfigError, match=r"task.data.packing=true, but .* attends across the examples"):
         run(cfg)
+
+
+def test_a_token_budget_packs_rows_of_at_most_max_tokens_real_tokens(tiny_llama: Path, pairs_csv: Path,  # noqa: F811
+                                                                      tmp_path: Path) -> None:
+    """task.data.max_tokens with packing counts real tokens: each packed row is at most the budget, and
+    every training example is in exactly one row."""
+    _, _, datamodule, _ = setup_parts(tmp_path, tiny_llama, pairs_csv, "task.data.packing=true", "task.data.max_tokens=200")
+    rows = list(datamodule.train_dataloader())
+    assert all(row["input_ids"].shape == (1, row["input_ids"].shape[1]) and row["input_ids"].shape[1] <= 200
+               for row in rows)
+    assert sum(int((row["position_ids"] == 0).sum()) for row in rows) == len(datamodule.features["train"])
+    assert sum(row["input_ids"].shape[1] for row in rows) == sum(datamodule.lengths["train"])
+    assert max(row["input_ids"].shape[1] for row in rows) > 200 - max(datamodule.lengths["train"])  # filled up

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
+from tunelab.data import token_budget
 from tunelab.data.checks import ROW, RowNumbering, check_empty_text_policy, describe_rows, number_rows
 from tunelab.data.quality import Fields, QualityConfig, QualityReport, SplitView
 from tunelab.data.sampling import (
@@ -106,6 +107,8 @@ class TaskDataModule(L.LightningDataModule):
         batch_size, eval_batch_size: examples per batch.
         max_length: truncation length in tokens.
         group_by_length: batch training examples of similar length together (less padding).
+        max_tokens: training batches of as many examples as fit this many fed tokens instead of
+            ``batch_size`` examples (``tunelab.data.token_budget``); None: ``batch_size``.
         num_workers: DataLoader worker processes.
         pad_to_multiple_of: pad batch lengths to a multiple of this (tensor-core friendly on GPU).
         empty_text: rows whose text (any text column of the family) is blank: ``drop`` them with a
@@ -135,6 +138,7 @@ class TaskDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         max_length: int = 128,
         group_by_length: bool = True,
+        max_tokens: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
         empty_text: Literal["drop", "error"] = "drop",
@@ -157,6 +161,7 @@ class TaskDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.max_length = max_length
         self.group_by_length = group_by_length
+        self.max_tokens = max_tokens
         self.num_workers = num_workers
         self.pad_to_multiple_of = pad_to_multiple_of
         self.examples: dict[str, datasets.Dataset] | None = None  # validated, untokenized
@@ -372,13 +377,15 @@ class TaskDataModule(L.LightningDataModule):
         log.info("data: %s", ", ".join(f"{s} {len(d)}" for s, d in self.examples.items()))
 
     # --- batches --------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, sampler: Any, cls: type[DataLoader] = DataLoader,
+    def _loader(self, split: str, batch_size: int | None, sampler: Any, cls: type[DataLoader] = DataLoader,
                 **kwargs: Any) -> DataLoader:
+        if batch_size is None:  # sampler yields whole batches
+            kwargs["batch_sampler"], sampler, batch_size = sampler, None, 1
         return cls(
             self.features[split],
             batch_size=batch_size,
             sampler=sampler,
-            shuffle=None if sampler is not None else split == "train",
+            shuffle=None if sampler is not None or "batch_sampler" in kwargs else split == "train",
             collate_fn=self.collate_fn(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -395,8 +402,18 @@ class TaskDataModule(L.LightningDataModule):
         # ``on_train_batch_end``, where ModelCheckpoint(every_n_train_steps) saves; equal elsewhere).
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
+    def batch_cost(self) -> token_budget.Cost:
+        """Fed tokens of a training batch, which ``max_tokens`` bounds (multiple choice: x its choices;
+        packing: real tokens only)."""
+        return token_budget.padded_cost(self.pad_to_multiple_of)
+
     def train_dataloader(self) -> DataLoader:
         world, rank = self._ranks()
+        completed = self._completed_batches if getattr(self, "trainer", None) is not None else None
+        if self.max_tokens is not None:
+            batches = token_budget.TokenBudgetBatchSampler(self.lengths["train"], self.max_tokens, self.batch_cost(),
+                                                           seed=self.seed, num_replicas=world, rank=rank)
+            return self._loader("train", None, batches, ResumableDataLoader, completed_batches=completed)
         sampler = None
         if self.group_by_length and world > 1:
             sampler = DistributedLengthGroupedSampler(self.batch_size, self.lengths["train"], world, rank, seed=self.seed)
@@ -405,7 +422,6 @@ class TaskDataModule(L.LightningDataModule):
         else:  # a shuffle reproducible per (seed, epoch), so a mid-epoch resume skips the right batches
             sampler = DistributedSampler(range(len(self.features["train"])), num_replicas=world, rank=rank,
                                          shuffle=True, seed=self.seed)
-        completed = self._completed_batches if getattr(self, "trainer", None) is not None else None
         return self._loader("train", self.batch_size, sampler, ResumableDataLoader, completed_batches=completed)
 
     def eval_order(self, split: str) -> list[int]:

@@ -25,6 +25,7 @@ import torch
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from tunelab.batch import with_meta
+from tunelab.data import token_budget
 from tunelab.data.base import Column, TaskDataModule
 from tunelab.data.checks import MAX_ROWS_SHOWN, blank, drop_empty, require_columns, require_text
 from tunelab.errors import ConfigError, DataError
@@ -226,6 +227,10 @@ class MultipleChoiceDataModule(TaskDataModule):
     def feature_length(self, input_ids: list) -> int:
         """A row is as long as its longest choice."""
         return max(len(ids) for ids in input_ids)
+
+    def batch_cost(self) -> token_budget.Cost:
+        """Each row feeds ``num_choices`` sequences of the batch's padded length."""
+        return token_budget.padded_cost(self.pad_to_multiple_of, width=self.num_choices or 1)
 
     def featurize(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         return ds.map(self.encode, batched=True, with_indices=True, remove_columns=ds.column_names,

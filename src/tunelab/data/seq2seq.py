@@ -25,6 +25,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from tunelab.batch import IGNORE_INDEX, with_meta
+from tunelab.data import token_budget
 from tunelab.data.base import Column, TaskDataModule
 from tunelab.data.checks import ROW, blank, drop_empty, require_columns, visible_columns
 from tunelab.data.packing import KEY as PACKING
@@ -135,6 +136,10 @@ class Seq2SeqDataModule(TaskDataModule):
             generation["pad_token_id"] = self.tokenizer.pad_token_id
         return {"tokenizer": self.tokenizer, "data_generation": generation, "packing": self.packing,
                 PROMPT_EXAMPLES: list(self.prompt.examples) if self.prompt.examples else None}
+
+    def batch_cost(self) -> token_budget.Cost:
+        """A packed training batch is one row of real tokens; otherwise the padded inputs."""
+        return token_budget.packed_cost if self.packing else super().batch_cost()
 
     @property
     def has_targets(self) -> bool:
