@@ -160,3 +160,12 @@ def test_unlabelled_data_for_prediction(tokenizer, tmp_path: Path) -> None:
     batch = next(iter(dm.predict_dataloader()))
     assert batch["meta"]["answer_texts"] == [[]] * 5 and sorted(batch["meta"]["example_id"]) == list(range(5))
     assert json.dumps(batch["meta"]["offset_mapping"])  # plain python lists
+
+
+@pytest.mark.parametrize("option", ["nfkc", "whitespace", "strip_html", "strip_urls", "strip_mentions"])
+def test_a_normaliser_that_would_move_answer_offsets_is_refused(tokenizer, tmp_path: Path, option: str) -> None:
+    path = write_rows([capital_example(random.Random(0))], tmp_path / "qa.jsonl")
+    with pytest.raises(ConfigError, match=rf"task\.data\.quality\.{option}: normalising the texts of extractive QA "
+                                          r"would move the answers' character offsets"):
+        datamodule(tokenizer, path, max_length=64, stride=16, quality={option: True})
+    datamodule(tokenizer, path, max_length=64, stride=16, quality={option: False})  # off: accepted

@@ -84,6 +84,7 @@ class QuestionAnsweringDataModule(TaskDataModule):
         **kwargs: see ``TaskDataModule`` (``max_length`` is the window length in tokens).
     """
 
+    augment_unsupported = "an edited context would no longer hold the answers at their answer_start offsets"
     columns = (
         Column("question_column", "the question"),
         Column("context_column", "the context the answer is taken from"),
@@ -108,6 +109,10 @@ class QuestionAnsweringDataModule(TaskDataModule):
         if not 0 <= stride < self.max_length:
             raise ConfigError(f"task.data.stride ({stride}) must be >= 0 and below task.data.max_length ({self.max_length})")
         require_fast_tokenizer(self.tokenizer, "extractive QA", "character offsets")
+        if self.data_report.config.normalisers:
+            keys = ", ".join(f"task.data.quality.{name}" for name in self.data_report.config.normalisers)
+            raise ConfigError(f"{keys}: normalising the texts of extractive QA would move the answers' character "
+                              "offsets (answer_start) in the context; set it to false for this task")
         self.question_column = question_column
         self.context_column = context_column
         self.answers_column = answers_column
