@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
@@ -70,6 +71,18 @@ def test_blocks_embeddings_and_head_are_found(arch: str) -> None:
     assert not any(n.startswith(first_block) for n in embeddings)
     if head is not None:
         assert head_parameter_names(model) == head
+
+
+@pytest.mark.parametrize("config", [LlamaConfig, Qwen2Config, MistralConfig])
+def test_an_untied_lm_head_is_pretrained_not_a_task_head(config: type) -> None:
+    """Llama 3, Qwen2.5-7B and Mistral keep a separate lm_head: it comes from the checkpoint, so BitFit,
+    adapters and freeze must not train it whole, and L2-SP pulls it towards its start; a classification
+    head on the same backbone is new."""
+    model = AutoModelForCausalLM.from_config(config(**DECODER, tie_word_embeddings=False))
+    assert "lm_head.weight" in dict(model.named_parameters())  # untied: a parameter of its own
+    assert head_parameter_names(model) == set()
+    classifier = AutoModelForSequenceClassification.from_config(config(**DECODER, num_labels=3))
+    assert head_parameter_names(classifier) == {"score.weight"}
 
 
 def test_block_override_and_its_errors() -> None:

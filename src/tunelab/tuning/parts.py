@@ -50,11 +50,14 @@ def find_blocks(model: nn.Module, paths: str | None = None) -> list[tuple[str, n
 
 def head_parameter_names(model: nn.Module) -> set[str]:
     """Parameters outside the pretrained backbone (e.g. ``classifier.*``): new, always trained.
-    Empty for models whose output layer is pretrained (T5, GPT-2 LM heads)."""
+    Empty for models whose output layer is pretrained: LM heads, tied (T5, GPT-2) or not (Llama 3, Qwen2.5-7B,
+    Mistral), whose ``lm_head`` is a pretrained output embedding."""
     prefix = getattr(model, "base_model_prefix", "")
-    if prefix and hasattr(model, prefix):
-        return {n for n, _ in model.named_parameters() if not n.startswith(f"{prefix}.")}
-    return set()
+    if not (prefix and hasattr(model, prefix)):
+        return set()
+    output = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    pretrained = {id(p) for p in output.parameters()} if isinstance(output, nn.Module) else set()
+    return {n for n, p in model.named_parameters() if not n.startswith(f"{prefix}.") and id(p) not in pretrained}
 
 
 def embedding_parameter_names(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> set[str]:
