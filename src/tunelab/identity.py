@@ -14,8 +14,8 @@ Resolvers (registered in ``tunelab.config``):
 - ``${wandb_id:${paths.output_dir}}``: a W&B run id derived from the run folder.
 
 The hash also covers the *content* of the local data the task reads (``data_fingerprint``: sizes and
-SHA-256 of every file or folder named in ``task.data.source``), so replacing a training file gives a new
-run, never the old one's metrics. Hub datasets are identified by name, config and ``revision`` (pin a
+SHA-256 of every file or folder named in ``task.data.source``, and of ``task.data.augment``'s word list), so
+replacing a training file gives a new run, never the old one's metrics. Hub datasets are identified by name, config and ``revision`` (pin a
 revision to make a run reproducible). A run named by hand (``run_id=...``) records its fingerprint in
 ``data.json`` and refuses to resume or reuse a folder trained on other data (``check_same_data``).
 """
@@ -55,6 +55,9 @@ def config_hash(*, _root_: DictConfig) -> str:
                for k in stable if k not in VOLATILE_KEYS}
     source = ((content.get("task") or {}).get("data") or {}).get("source")
     content["data_fingerprint"] = fingerprint_digest(data_fingerprint(source))
+    words = ((((content.get("task") or {}).get("data") or {}).get("augment") or {}).get("synonyms") or {}).get("source")
+    if isinstance(words, str) and words != "embedding" and Path(words).expanduser().is_file():  # a word list is data
+        content["augment_word_list"] = _file_sha256(Path(words).expanduser())
     if content.get("train") is False and stable.get("ckpt_path"):  # evaluation only: the checkpoint is the run
         checkpoint = Path(str(stable.ckpt_path))
         content["ckpt_path"] = [str(checkpoint.resolve()), checkpoint.stat().st_size if checkpoint.is_file() else None]

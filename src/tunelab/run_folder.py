@@ -10,6 +10,7 @@ Layout::
       .lock                held by the one live process of the run (pid, host, Slurm job id inside)
       metrics.json         best validation and test metrics, parameter counts, throughput
       samples/<set>.jsonl  generation tasks: source, reference and output of each test example
+      augment_sample.jsonl task.data.augment: a sample of the training copies (row, copy, op, original, augmented)
       checkpoints/         best and last Lightning checkpoints
       model/               the tuned model + tokenizer in Hugging Face format
       logs/                logger output (csv / tensorboard / wandb)
@@ -145,6 +146,7 @@ class RunFolder:
     metrics = property(lambda self: self.path / "metrics.json")
     status_file = property(lambda self: self.path / "status.json")
     model_dir = property(lambda self: self.path / "model")
+    augment_sample = property(lambda self: self.path / "augment_sample.jsonl")
 
     def create(self, cfg: DictConfig, resumed_from: str | None = None, data: dict[str, Any] | None = None) -> None:
         """Write config, environment, the data fingerprint (``data.json``, see ``tunelab.identity``) and
@@ -237,6 +239,9 @@ class RunFolder:
     def write_samples(self, name: str, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "samples" / f"{name}.jsonl",
                           "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+    def write_augment_sample(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.augment_sample, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
     def status(self) -> str | None:
         """The recorded status, or ``None`` when there is none (or it cannot be read)."""

@@ -243,6 +243,8 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
     check_against_model(cfg, tokenizer)  # lengths within the model's positions
     datamodule = build_datamodule(cfg, tokenizer)
     datamodule.setup("fit")
+    if rank_zero_only.rank == 0 and datamodule.augmentation.sample:  # task.data.augment's copies, a sample
+        folder.write_augment_sample(datamodule.augmentation.sample)
     module = build_module(cfg, datamodule)
     params = module.parameter_counts()
     log.info(

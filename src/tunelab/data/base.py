@@ -2,7 +2,7 @@
 
 load source -> pick splits -> normalise + missing values (``tunelab.data.quality``) -> validate + encode
 (family) -> carve missing splits -> duplicates, overlap, class counts (``tunelab.data.quality``) -> few-shot /
-train fraction (``tunelab.data.subsets``) -> subsample
+train fraction (``tunelab.data.subsets``) -> subsample -> augmented copies of train (``tunelab.data.augment``)
 -> tokenize (cached by ``datasets.map``) -> dataloaders with dynamic padding.
 Families subclass it and implement ``validate`` and ``tokenize``, with the checks of
 ``tunelab.data.checks``; their messages name rows with ``rows`` (as numbered in the user's file).
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from tunelab.data import token_budget
+from tunelab.data.augment import Augmentation, AugmentConfig
 from tunelab.data.checks import ROW, RowNumbering, check_empty_text_policy, describe_rows, number_rows
 from tunelab.data.quality import Fields, QualityConfig, QualityReport, SplitView
 from tunelab.data.sampling import (
@@ -116,7 +117,9 @@ class TaskDataModule(L.LightningDataModule):
         quality: the data-quality checks and normalisation (``tunelab.data.quality.QualityConfig``).
         few_shot: ``{k, seed, validation}``: k training examples per class (``tunelab.data.subsets``).
         train_fraction: a seeded share of the training rows (``tunelab.data.subsets``).
-        seed: the run's seed, for the training order.
+        augment: augmented copies of the training rows (``tunelab.data.augment.AugmentConfig``); families
+            whose ``augment_unsupported`` says why refuse it.
+        seed: the run's seed, for the training order (and the augmentation's, unless ``augment.seed`` is set).
     """
 
     stratify_column: str | None = None
@@ -124,6 +127,8 @@ class TaskDataModule(L.LightningDataModule):
     columns: tuple[Column, ...] = ()
     #: What ``tunelab-predict`` writes by default (``.csv``, or ``.jsonl`` for lists such as tags).
     prediction_suffix: str = ".csv"
+    #: Why ``task.data.augment`` cannot edit this family's rows; None: it augments the text fields (``quality_fields``).
+    augment_unsupported: str | None = "this task family has no augmentation"
 
     def __init__(
         self,
@@ -145,6 +150,7 @@ class TaskDataModule(L.LightningDataModule):
         quality: Mapping[str, Any] | None = None,
         few_shot: Mapping[str, Any] | None = None,
         train_fraction: float | None = None,
+        augment: Mapping[str, Any] | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -178,6 +184,11 @@ class TaskDataModule(L.LightningDataModule):
                               f"caps them at random afterwards (losing the k per class): set "
                               f"{', '.join(f'task.data.max_samples.{s}' for s in capped)} to null")
         self.carved: dict[str, str] = {}  # the splits held out from train -> how (tunelab.data.quality.CARVING)
+        self.augmentation = Augmentation(AugmentConfig.parse(augment), seed)  # its counts go to metrics.json too
+        if self.augmentation.config.active and self.augment_unsupported:
+            raise ConfigError(f"{self.augmentation.config.describe()}: {type(self).__name__} does not augment its "
+                              f"training rows: {self.augment_unsupported}. Set task.data.augment.copies=0 and "
+                              f"task.data.augment.backtranslate=null")
         self.seed = seed
 
     # --- hooks for task families ---------------------------------------------------------------
@@ -371,10 +382,20 @@ class TaskDataModule(L.LightningDataModule):
         self.examples = {}
         for split, ds in splits.items():
             ds = self._subsample(ds, split)
+            if split == "train" and self.augmentation.config.active:
+                ds = self._augment(ds)
             self.features[split] = self.featurize(ds, split)
             self.lengths[split] = [self.feature_length(ids) for ids in self.features[split]["input_ids"]]
             self.examples[split] = ds.remove_columns(ROW)
         log.info("data: %s", ", ".join(f"{s} {len(d)}" for s, d in self.examples.items()))
+
+    def _augment(self, train: datasets.Dataset) -> datasets.Dataset:
+        """The training rows followed by their augmented copies (``task.data.augment``), counted in ``data_report``."""
+        columns = [c for c in self.quality_fields().text if c in train.column_names
+                   and isinstance(train.features[c], datasets.Value) and train.features[c].dtype in ("string", "large_string")]
+        out = self.augmentation.apply(train, columns, self.tokenizer, self.numbering["train"])
+        self.data_report.counts["train"].update(self.augmentation.counts)
+        return out
 
     # --- batches --------------------------------------------------------------------------------
     def _loader(self, split: str, batch_size: int | None, sampler: Any, cls: type[DataLoader] = DataLoader,

@@ -69,6 +69,7 @@ class ClassificationDataModule(TaskDataModule):
 
     stratify_column = "labels"
     columns = COLUMNS
+    augment_unsupported = None  # the text (and pair) of a row: both get each copy's operation
 
     def __init__(
         self,

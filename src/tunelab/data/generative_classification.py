@@ -50,6 +50,7 @@ class GenerativeClassificationDataModule(Seq2SeqDataModule):
 
     stratify_column = LABELS
     columns = COLUMNS
+    augment_unsupported = None  # the text (and pair) of a row, as in ClassificationDataModule
     meta_columns = (*Seq2SeqDataModule.meta_columns, GOLD)
 
     def __init__(

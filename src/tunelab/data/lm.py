@@ -70,6 +70,7 @@ class LanguageModelingDataModule(TaskDataModule):
         **kwargs: see ``TaskDataModule`` (``max_length`` is ``block_size`` here).
     """
 
+    augment_unsupported = "a language model learns the text itself, and would learn the copies' edits as language"
     columns = (Column("text_column", "the text scored (a .txt file: one row per line)"),)
 
     def __init__(

@@ -90,6 +90,7 @@ class MultipleChoiceDataModule(TaskDataModule):
         **kwargs: see ``TaskDataModule``.
     """
 
+    augment_unsupported = "edited contexts and endings could change which ending is the right one"
     columns = (
         Column("context_column", "the context"),
         Column("question_column", "the text put before each ending (SWAG's sent2)"),

@@ -65,6 +65,7 @@ class Seq2SeqDataModule(TaskDataModule):
         **kwargs: see ``TaskDataModule``.
     """
 
+    augment_unsupported = "an edited source would no longer be what its reference target translates or summarises"
     columns = (
         Column("source_column", "the source text"),
         Column("target_column", "the reference text (metrics are computed when present)", target=True),

@@ -77,6 +77,7 @@ class TokenClassificationDataModule(TaskDataModule):
         **kwargs: see ``TaskDataModule``.
     """
 
+    augment_unsupported = "inserted, swapped and deleted words would no longer line up with their tags"
     columns = (
         Column("tokens_column", "the words of each sentence (a list)"),
         Column("tags_column", "their tags (a list; metrics are computed when present)", target=True),
