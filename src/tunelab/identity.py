@@ -8,7 +8,8 @@ a re-submitted sweep or a manual re-run after a crash finds the run's last check
 Resolvers (registered in ``tunelab.config``):
 
 - ``${config_hash:}``: 10 hex digits of the resolved config without the keys that do not change what
-  is trained (``VOLATILE_KEYS``: where runs are stored, loggers, progress display, resume settings).
+  is trained (``VOLATILE_KEYS``: where runs are stored, loggers, progress display, resume settings, the
+  search trial a run reports to).
 - ``${run_folder:${run_id},${resume}}``: the folder name; ``resume=never`` appends the Slurm job id
   (or the time) so that a fresh run never reuses a folder.
 - ``${wandb_id:${paths.output_dir}}``: a W&B run id derived from the run folder.
@@ -39,7 +40,8 @@ from tunelab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Top-level keys that do not change what a run trains: left out of the config hash.
-VOLATILE_KEYS = frozenset({"hydra", "paths", "logger", "progress", "resume", "ckpt_path", "run_id", "tags", "group"})
+VOLATILE_KEYS = frozenset({"hydra", "paths", "logger", "progress", "resume", "ckpt_path", "run_id", "tags", "group",
+                           "search"})
 RESUME_MODES = ("auto", "never", "must")
 
 

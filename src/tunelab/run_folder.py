@@ -6,7 +6,8 @@ Layout::
       config.yaml          resolved config of the run
       environment.json     package versions, git commit, hardware, command line
       data.json            size and SHA-256 of each local data file the run read (its identity covers them)
-      status.json          running | requeued | completed | failed (+ error), updated atomically
+      status.json          running | requeued | completed | pruned (a search trial stopped by its pruner, + reason)
+                           | failed (+ error), updated atomically
       .lock                held by the one live process of the run (pid, host, Slurm job id inside)
       metrics.json         best validation and test metrics, parameter counts, throughput
       samples/<set>.jsonl  generation tasks: source, reference and output of each test example

@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -40,7 +40,11 @@ from tunelab.model_card import write_model_card
 from tunelab.models import load_tokenizer
 from tunelab.requeue import Requeued, ResumeCallback, slurm_managed
 from tunelab.run_folder import RunFolder, describe_owner, environment
+from tunelab.search import TrialPruned
 from tunelab.tasks.base import TaskModule
+
+if TYPE_CHECKING:
+    from tunelab.search.report import TrialReporter
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,17 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback],
     )
 
 
+def trial_reporter(cfg: DictConfig) -> TrialReporter | None:
+    """For a search trial's training run (``search.trial``, set by the sweeper): the callback that reports its
+    validation curve to the trial and stops it when the study's pruner says so (``tunelab.search.report``)."""
+    search = cfg.get("search")
+    if not cfg.get("train", True) or not search or search.get("trial") is None:
+        return None
+    from tunelab.search.report import TrialReporter  # imports Optuna, the `sweep` extra
+
+    return TrialReporter(search, str(cfg.task.monitor), cfg.paths.output_dir)
+
+
 def _split_metrics(results: dict[str, float], prefix: str) -> dict[str, float]:
     return {k.removeprefix(f"{prefix}/"): v for k, v in results.items()}
 
@@ -221,6 +236,10 @@ def _run_locked(cfg: DictConfig, folder: RunFolder, previous_owner: dict[str, An
         if rank_zero_only.rank == 0:  # written before `scontrol requeue` already; this keeps its final reason
             folder.set_status("requeued", reason=requeued.message)
         raise
+    except TrialPruned as pruned:  # a search trial stopped by its pruner: the sweeper tells the study
+        if rank_zero_only.rank == 0:
+            folder.set_status("pruned", reason=str(pruned))
+        raise
     except BaseException as err:
         if rank_zero_only.rank == 0:
             try:
@@ -252,7 +271,9 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
     )
 
     stats, eval_stats = TrainStats(), EvalStats()
-    trainer = build_trainer(cfg, [stats, eval_stats], before_requeue=lambda message: folder.set_status("requeued", reason=message))
+    reporter = trial_reporter(cfg)
+    trainer = build_trainer(cfg, [stats, eval_stats, *([reporter] if reporter else [])],
+                            before_requeue=lambda message: folder.set_status("requeued", reason=message))
     for logger in trainer.loggers:
         logger.log_hyperparams({**flat_config(cfg), "run_dir": str(folder.path), **{f"params/{k}": v for k, v in params.items()}})
 
@@ -261,6 +282,8 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
     try:
         if training:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            if reporter:
+                reporter.raise_if_pruned()  # neither tested nor exported: its checkpoints and curve stay
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             best = None if validation_off(cfg) else best or None  # None: evaluate the weights in memory
         else:  # evaluation only: the model as loaded, or the checkpoint given as ckpt_path

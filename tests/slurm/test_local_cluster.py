@@ -1,7 +1,8 @@
 """On a real two-node Slurm cluster (slurm/local-cluster/start.sh): multi-node DDP through the project's
 sbatch template, preemption + requeue + resume (DDP on one node, FSDP2 across both), the time-limit signal
 of a short job (requeued, status.json written first), the preflight reading the job's own settings, a sweep
-and an Optuna search through the submitit launcher.
+through the submitit launcher, and Optuna searches: two Slurm jobs sharing one study (slurm/search.sbatch), and
+trials as Slurm jobs (hydra/launcher=slurm).
 
 Skipped unless ``SLURM_CONF`` points at a running cluster; with ``TUNELAB_REQUIRE_SLURM=1`` (``.ci/run``, which
 starts the cluster) they fail instead.
@@ -281,8 +282,46 @@ def test_sweep_through_the_submitit_launcher(slurm_env: dict[str, str], tiny_ber
     assert combos == {(1, 1e-3), (1, 3e-3), (2, 1e-3), (2, 3e-3)}
 
 
+def search_study(root: Path, name: str) -> list:
+    import optuna
+
+    from tunelab.search.study import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(str(root / "search" / name / "journal.log"))).trials
+
+
+def test_two_slurm_jobs_share_one_optuna_study(slurm_env: dict[str, str], tiny_bert: Path, learnable_csv: Path,
+                                               tmp_path: Path) -> None:
+    """slurm/search.sbatch as a 2-task array: each job runs the same search (trials in the job, one after another),
+    and together they run the study's 4 trials, each a run folder trained in the job that asked for it."""
+    root = tmp_path / "runs"
+    overrides = [o for o in tiny_overrides(tiny_bert, learnable_csv, "trainer.max_epochs=1", "logger=none")
+                 if not o.startswith(("optimizer.lr=", "task.data.batch_size="))]  # searched
+    array = sbatch(slurm_env, "--array=0-1", *SHORT_JOB, "--time=15", f"--output={tmp_path}/%A_%a.out",
+                   "slurm/search.sbatch", "hparams_search=lr-batch", "hydra.sweeper.n_trials=4", *overrides,
+                   f"paths.root_dir={root}")
+    jobs = {task: wait_done(f"{array}_{task}", slurm_env, timeout=600) for task in (0, 1)}
+    for task, info in jobs.items():
+        assert info["JobState"] == "COMPLETED", (tmp_path / f"{array}_{task}.out").read_text()[-4000:]
+    job_ids = {info["JobId"] for info in jobs.values()}
+    assert len(job_ids) == 2
+
+    trials = search_study(root, "csv-tiny-test-full-lr-batch")
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    # Asked by both jobs, each trial trained in the job that asked for it.
+    assert {t.user_attrs["worker"] for t in trials} == {f"slurm:{job}.0" for job in job_ids}
+    assert all(t.user_attrs["worker"] == f"slurm:{t.user_attrs['slurm_job_id']}.0" for t in trials)
+    for trial in trials:
+        run = Path(trial.user_attrs["run_dir"])
+        assert json.loads((run / "status.json").read_text())["status"] == "completed", run
+        assert json.loads((run / "environment.json").read_text())["slurm_job_id"] == trial.user_attrs["slurm_job_id"]
+    best = yaml.safe_load((root / "search" / "csv-tiny-test-full-lr-batch" / "best.yaml").read_text())
+    assert best["trials"]["complete"] == 4 and best["value"] == max(t.value for t in trials)
+
+
 def test_optuna_search_through_the_submitit_launcher(slurm_env: dict[str, str], tiny_bert: Path, learnable_csv: Path,
                                                     tmp_path: Path) -> None:
+    """hydra/launcher=slurm: one process (here, outside Slurm) launches the trials as Slurm jobs, 2 at a time."""
     root = tmp_path / "runs"
     overrides = [o for o in tiny_overrides(tiny_bert, learnable_csv, "trainer.max_epochs=1")
                  if not o.startswith(("optimizer.lr=", "task.data.batch_size="))]  # searched
@@ -292,11 +331,13 @@ def test_optuna_search_through_the_submitit_launcher(slurm_env: dict[str, str], 
     proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
-    runs = sorted(p for p in (root / "csv-tiny-test-full").iterdir() if p.is_dir())
-    assert len(runs) == 2
-    for run in runs:  # each trial: a Slurm job and an ordinary run folder
+    trials = search_study(root, "csv-tiny-test-full-lr-batch")
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["slurm_job_id"] for t in trials}) == 2  # each trial its own Slurm job
+    for trial in trials:  # and an ordinary run folder
+        run = Path(trial.user_attrs["run_dir"])
         assert json.loads((run / "status.json").read_text())["status"] == "completed", run
-        assert json.loads((run / "environment.json").read_text())["slurm_job_id"], run
-        assert yaml.safe_load((run / "config.yaml").read_text())["run_id"] == run.name
-    best = yaml.safe_load((root / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) == {"optimizer.lr", "task.data.batch_size", "scheduler.warmup_ratio"}
+        assert json.loads((run / "environment.json").read_text())["slurm_job_id"] == trial.user_attrs["slurm_job_id"]
+        assert yaml.safe_load((run / "config.yaml").read_text())["search"]["trial"] == trial.number
+    best = yaml.safe_load((root / "search" / "csv-tiny-test-full-lr-batch" / "best.yaml").read_text())
+    assert set(best["params"]) == {"optimizer.lr", "task.data.batch_size", "scheduler.warmup_ratio"}
