@@ -60,7 +60,7 @@ def predict(
     data_kwargs = {**(columns or {}), **make_datamodule.func.prediction_kwargs(
         data_cfg, source.splits["test"].column_names, info)}
     datamodule = make_datamodule(
-        tokenizer=tokenizer, source=source, splits={"test": "test"}, max_samples={},
+        tokenizer=tokenizer, source=source, splits={"test": "test"}, max_samples={}, augment=None,  # trains on nothing
         eval_batch_size=batch_size or cfg.task.data.eval_batch_size, **data_kwargs,
     )
     datamodule.setup("predict")

@@ -65,7 +65,10 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> TaskDataModule:
-    """The task's datamodule (not set up yet)."""
+    """The task's datamodule (not set up yet); an evaluation-only run (``train=false``) trains on nothing, so it
+    makes no augmented copies (``task.data.augment`` off)."""
+    if not cfg.get("train", True):
+        overrides.setdefault("augment", None)
     with unwrapped_errors():
         return instantiate(cfg.task.data, tokenizer=tokenizer, seed=cfg.seed, **overrides, _recursive_=False)
 

@@ -19,17 +19,22 @@ import pandas as pd
 import pytest
 import sentencepiece as spm
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+import transformers.utils
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
+    AutoModel,
     AutoTokenizer,
     BertConfig,
+    BertForSequenceClassification,
     BertModel,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     T5Config,
     T5ForConditionalGeneration,
 )
 
 from tests.conftest import CLASS_WORDS, NOISE, build_tokenizer, tiny_overrides
+from tests.decoder_fixtures import build_tiny_decoder
 from tests.helpers import compose_train
 from tests.seq2seq_fixtures import build_t5_tokenizer
 from tunelab.data import GenerativeClassificationDataModule
@@ -43,6 +48,7 @@ from tunelab.data.augment import (
     count,
     eda_operations,
     embedding_neighbours,
+    input_embeddings,
     plan,
     read_word_list,
     seeded,
@@ -51,6 +57,7 @@ from tunelab.data.augment import (
 from tunelab.data.checks import ROW, RowNumbering, number_rows
 from tunelab.errors import ConfigError
 from tunelab.models import load_tokenizer
+from tunelab.predict import predict
 from tunelab.results.collect import flatten_metrics
 from tunelab.train import build_datamodule, run
 
@@ -379,6 +386,116 @@ def test_an_embedding_model_of_another_vocabulary_is_refused(tmp_path: Path, tin
               f"task.data.augment.synonyms.model={small}")
 
 
+def cased_bert(path: Path) -> tuple[PreTrainedTokenizerFast, Path]:
+    """A cased WordPiece vocabulary holding 'Apple' and 'apple' (not 'APPLE'), and a BertModel whose input
+    embeddings put 'Cherry' next to 'Apple' and 'melon' next to 'apple', every other word far from them."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *NOISE, "Apple", "apple", "Cherry", "melon", "engine", "river"]
+    vocab += [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    ids = fast.get_vocab()
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(len(ids), 64, generator=gen)
+    emb[ids["Cherry"]] = emb[ids["Apple"]] + 0.05 * torch.randn(64, generator=gen)
+    emb[ids["melon"]] = emb[ids["apple"]] + 0.05 * torch.randn(64, generator=gen)
+    model = BertModel(BertConfig(vocab_size=len(ids), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(emb)
+    model.save_pretrained(path)
+    return fast, path
+
+
+def test_a_rows_embedding_synonyms_do_not_depend_on_the_other_rows(tmp_path: Path) -> None:
+    """With a cased vocabulary, 'APPLE' (no entry of its own) takes the neighbours of 'apple' whether or not another
+    row holds 'Apple', whose neighbours differ."""
+    tok, path = cased_bert(tmp_path)
+    assert {"Apple", "apple"} <= set(whole_words(tok)) and "APPLE" not in whole_words(tok)
+    ds = number_rows(datasets.Dataset.from_dict({"text": ["APPLE engine river", "Apple engine river",
+                                                          "apple river engine", "the river engine"]}))
+    cfg = {"copies": 1, "eda": {"synonym": 1.0, "insert": 0, "swap": 0, "delete": 0},
+           "synonyms": {"model": str(path), "min_similarity": 0.9}}
+
+    def copies(rows: datasets.Dataset) -> dict[int, list[str]]:
+        return copies_by_row(Augmentation(AugmentConfig.parse(cfg), 0).apply(rows, ["text"], tok, RowNumbering()),
+                             len(rows))
+
+    full = copies(ds)
+    assert full == {0: ["MELON engine river"], 1: ["Cherry engine river"], 2: ["melon river engine"]}
+    for subset in ([0], [0, 3], [0, 2]):  # without the 'Apple' row (and without any other word's row)
+        assert copies(ds.select(subset)) == {r: full[r] for r in subset if r in full}
+
+
+def _bert_classifier(path: Path, **save) -> Path:
+    tok = build_tokenizer(path)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32)).save_pretrained(path, **save)
+    return path
+
+
+CHECKPOINTS = {  # a *For<Task> checkpoint, which stores the base model under its prefix (bert., model.)
+    "bert-classifier": lambda path: _bert_classifier(path),
+    "llama-causal-lm": lambda path: build_tiny_decoder(path, "llama"),
+    "qwen2-causal-lm": lambda path: build_tiny_decoder(path, "qwen2"),
+    "bert-sharded": lambda path: _bert_classifier(path, max_shard_size="20KB"),
+}
+
+
+@pytest.mark.parametrize("checkpoint", sorted(CHECKPOINTS))
+def test_input_embeddings_are_read_alone_from_the_safetensors(checkpoint: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Oracle: the input embeddings of the model that transformers loads; the model itself is never loaded."""
+    path = CHECKPOINTS[checkpoint](tmp_path)
+    if checkpoint == "bert-sharded":
+        assert (path / "model.safetensors.index.json").is_file() and not (path / "model.safetensors").exists()
+        assert len(set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
+    expected = AutoModel.from_pretrained(path).get_input_embeddings().weight.detach().float()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole model was loaded")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(AutoModel, "from_pretrained", refuse)
+    state = torch.random.get_rng_state()
+    found = input_embeddings(str(path))
+    assert found.dtype == torch.float32 and torch.equal(found, expected)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's random state as it was
+
+
+def test_input_embeddings_of_a_checkpoint_without_safetensors_load_the_model(tmp_path: Path) -> None:
+    path = _bert_classifier(tmp_path)
+    model = BertForSequenceClassification.from_pretrained(path)
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+    assert torch.equal(input_embeddings(str(path)), model.get_input_embeddings().weight.detach().float())
+
+
+def test_the_synonym_model_is_read_at_its_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """synonyms.revision (the run's model.revision by default) reaches every file lookup."""
+    cfg = compose_train(tmp_path, "model.revision=v1.2")
+    assert AugmentConfig.parse(cfg.task.data.augment).synonyms.revision == "v1.2"
+    asked = []
+    real = transformers.utils.cached_file
+
+    def spy(path, filename, **kwargs):
+        asked.append((filename, kwargs.get("revision")))
+        return real(path, filename, **kwargs)
+
+    monkeypatch.setattr(transformers.utils, "cached_file", spy)
+    path = _bert_classifier(tmp_path / "bert")
+    input_embeddings(str(path), revision="v1.2")
+    assert ("model.safetensors", "v1.2") in asked and {r for _, r in asked} == {"v1.2"}
+    made = Augmentation(AugmentConfig.parse({"copies": 1, "eda": {"synonym": 1.0, "insert": 0, "swap": 0, "delete": 0},
+                                             "synonyms": {"model": str(path), "revision": "v1.2"}}), seed=0)
+    asked.clear()
+    made.apply(frame_rows(3, seed=0), ["text"], AutoTokenizer.from_pretrained(path), RowNumbering())
+    assert ("model.safetensors", "v1.2") in asked
+
+
 # --- back-translation -----------------------------------------------------------------------------
 def tiny_t5(path: Path, seed: int) -> Path:
     """A 2-layer T5 whose (random) outputs depend on its input: initializer_factor 5 keeps it off eos."""
@@ -426,6 +543,19 @@ def test_back_translation_is_what_plain_generate_gives(translators: tuple[Path, 
     assert out["text"][3] == plain_generate(back, plain_generate(to, "the apple and the river.", "summarize: "))
 
 
+def test_loading_forks_no_gpus_random_state(tmp_path: Path, translators: tuple[Path, Path],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine that shows 2 GPUs, reading the embeddings and loading the translation models on the CPU save no
+    GPU's random state (torch's fork_rng without devices= initialises every visible GPU, in every rank)."""
+    touched = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": touched.append(device) or torch.zeros(1))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": touched.append(device))
+    input_embeddings(str(_bert_classifier(tmp_path)))
+    augment(frame_rows(2, seed=0), backtranslate=[str(p) for p in translators], translation=GENERATION)
+    assert touched == []
+
+
 def test_back_translation_needs_encoder_decoders(tiny_bert: Path, translators: tuple[Path, Path]) -> None:
     ds = frame_rows(3, seed=0)
     with pytest.raises(ConfigError, match=r"backtranslate\[0\]=.* is a bert model, not an encoder-decoder"):
@@ -466,7 +596,6 @@ def test_classification_by_generation_augments_its_text(translators: tuple[Path,
     ({"copies": 2, "eda": {"swap": 1.5}}, r"task.data.augment.eda.swap must be a number in \[0, 1\]"),
     ({"eda": {"shuffle": 0.1}}, r"task.data.augment.eda.shuffle is not a setting; .* takes synonym, insert, swap, delete"),
     ({"copies": 2, "eda": dict.fromkeys(("synonym", "insert", "swap", "delete"), 0)}, "every task.data.augment.eda rate is 0"),
-    ({"copies": 2, "synonyms": {"source": "/no/such/words.txt"}}, r"synonyms.source=/no/such/words.txt: no such file"),
     ({"synonyms": {"neighbours": 0}}, r"synonyms.neighbours must be a whole number of at least 1"),
     ({"synonyms": {"min_similarity": 2}}, r"synonyms.min_similarity must be a cosine similarity in \[-1, 1\]"),
     ({"synonyms": {"stopwords": "french"}}, r"synonyms.stopwords must be english, null or a list of words"),
@@ -481,11 +610,28 @@ def test_bad_settings_are_refused_naming_the_key(cfg: dict, message: str) -> Non
         AugmentConfig.parse(cfg)
 
 
+def test_a_missing_word_list_is_refused_when_the_copies_are_made() -> None:
+    """Parsing needs no file (a finished run copied elsewhere still loads its config); augmenting does."""
+    cfg = {"copies": 2, "synonyms": {"source": "/no/such/words.txt"}}
+    assert AugmentConfig.parse(cfg).synonyms.source == "/no/such/words.txt"
+    with pytest.raises(ConfigError, match=r"synonyms.source=/no/such/words.txt: no such file"):
+        augment(frame_rows(3, seed=0), **cfg)
+
+
+def test_an_evaluation_only_run_makes_no_copies(tmp_path: Path, tiny_bert: Path, data: Path, word_list: Path) -> None:
+    on = ("task.data.few_shot.k=4", "task.data.augment.copies=2", f"task.data.augment.synonyms.source={word_list}")
+    trained = setup(tmp_path / "train", tiny_bert, data, *on)
+    assert trained.augmentation.config.active and len(trained.examples["train"]) == 12 + 24  # the control
+    evaluated = setup(tmp_path / "eval", tiny_bert, data, *on, "train=false")
+    assert not evaluated.augmentation.config.active and len(evaluated.examples["train"]) == 12
+    assert "augmented" not in evaluated.data_report.metrics()["data/train"]
+
+
 def test_the_shipped_yaml_is_the_default_config(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path)
     parsed = AugmentConfig.parse(cfg.task.data.augment)
     assert parsed.synonyms.model == cfg.model.name_or_path and not parsed.active
-    assert parsed == AugmentConfig(synonyms=Synonyms(model=cfg.model.name_or_path))
+    assert parsed == AugmentConfig(synonyms=Synonyms(model=cfg.model.name_or_path, revision=cfg.model.revision))
     assert parsed.translation == Translation() and parsed.sample == 20
 
 
@@ -504,9 +650,10 @@ def test_the_augment_config_and_word_list_are_in_the_run_id(tmp_path: Path, word
 
 def test_a_run_records_its_copies(tmp_path: Path, tiny_bert: Path, data: Path, word_list: Path) -> None:
     out = tmp_path / "run"
+    words = shutil.copy(word_list, tmp_path / "words.txt")  # deleted below
     metrics = run(compose_train(out, *tiny_overrides(tiny_bert, data, "task.data.few_shot.k=4", "trainer.max_epochs=1",
                                                      "task.data.augment.copies=2", "task.data.augment.sample=5",
-                                                     f"task.data.augment.synonyms.source={word_list}")))
+                                                     f"task.data.augment.synonyms.source={words}")))
     saved = json.loads((out / "metrics.json").read_text())
     flat = flatten_metrics(saved)
     assert flat["data/train/originals"] == 12 and flat["data/train/augmented"] == 24 == saved["data"]["train"] - 12
@@ -520,3 +667,9 @@ def test_a_run_records_its_copies(tmp_path: Path, tiny_bert: Path, data: Path, w
         assert r["op"] in {"synonym", "insert", "swap", "delete"} and r["copy"] in (0, 1)
         line = int(re.fullmatch(r"data row (\d+) \(file line \d+\)", r["row"]).group(1))
         assert pd.read_csv(data)["text"][line - 1] == r["original"]["text"]  # the row as the user's file numbers it
+    # tunelab-predict on the run once its word list is gone (the run copied to another machine): nothing to augment
+    Path(words).unlink()
+    new = tmp_path / "new.csv"
+    pd.read_csv(data).head(7).to_csv(new, index=False)
+    predicted = predict(out, new)
+    assert predicted["rows"] == 7 and len(pd.read_csv(predicted["predictions"])) == 7

@@ -6,8 +6,8 @@
   ``n = max(1, ceil(alpha * words))`` words (nlpaug's count; the reference rounds down), ``alpha`` being its
   ``eda`` rate (0 leaves it out):
 
-  - ``synonym``: n words replaced by one of their synonyms (``nlpaug`` ``WordEmbsAug(action="substitute")``
-    reading the synonym table below as its model);
+  - ``synonym``: at most n words, of those that have synonyms, replaced by one of them (``nlpaug``
+    ``WordEmbsAug(action="substitute")`` reading the synonym table below as its model);
   - ``insert``: n times, a synonym of a random word of the text inserted at a random position (tunelab's own:
     nlpaug's insertions draw random vocabulary words, not synonyms);
   - ``swap``: n words swapped with a neighbour (``nlpaug`` ``RandomWordAug(action="swap")``; the reference swaps
@@ -18,8 +18,9 @@
   Words are the text's whitespace-separated tokens, punctuation attached (a copy joins them with single spaces);
   the reference lower-cases the text and strips everything but letters, which this does not.
 - ``synonyms``: where synonyms come from, offline: ``embedding``, the ``neighbours`` nearest whole words (cosine
-  of at least ``min_similarity``) in the input-embedding matrix of ``model`` (the run's backbone), computed once
-  for the words of the training texts; or a word-list file: one set of synonyms per line, comma-separated
+  of at least ``min_similarity``) in the input-embedding matrix of ``model`` at ``revision`` (the run's backbone;
+  that one tensor is read from its safetensors, not the whole model), computed once for the words of the training
+  texts (and their lower-case forms); or a word-list file: one set of synonyms per line, comma-separated
   (``big, large, huge``; phrases allowed; ``#`` comments). Words are matched case-insensitively and take the
   case of the word they replace; ``stopwords`` are never replaced, inserted or used as neighbours.
 - ``backtranslate: [<to>, <back>]``: one more copy per example, each text translated by ``<to>`` and back by
@@ -35,7 +36,9 @@ only, after ``few_shot`` / ``train_fraction`` and ``max_samples``; validation an
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
+import json
 import logging
 import math
 import os
@@ -43,7 +46,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +92,7 @@ class Synonyms:
 
     source: str = EMBEDDING
     model: str | None = None  #: whose input embeddings (None: the tokenizer's ``name_or_path``)
+    revision: str | None = None  #: of ``model`` (the run's ``model.revision`` in the shipped yaml)
     neighbours: int = 10
     min_similarity: float = 0.4
     stopwords: str | tuple[str, ...] | None = "english"
@@ -144,10 +148,7 @@ class AugmentConfig:
                   _translation(cfg.get("translation")), _whole(cfg.get("sample", 20), f"{KEY}.sample", 0))
         if copies and not out.ops:
             raise ConfigError(f"{KEY}.copies={copies} makes EDA copies, but every {KEY}.eda rate is 0: set one above 0")
-        if out.needs_synonyms and out.synonyms.source != EMBEDDING and not Path(out.synonyms.source).expanduser().is_file():
-            raise ConfigError(f"{KEY}.synonyms.source={out.synonyms.source}: no such file (a word list, or "
-                              f"'{EMBEDDING}' for neighbours in the model's input embeddings)")
-        return out
+        return out  # a word list is looked for when it is read (Augmentation.synonyms): a run copied elsewhere parses
 
     @property
     def ops(self) -> list[str]:
@@ -191,6 +192,8 @@ def _synonyms(cfg: Mapping[str, Any] | None) -> Synonyms:
         raise ConfigError(f"{at}.source must be '{EMBEDDING}' or the path of a word-list file, got {out.source!r}")
     if out.model is not None and not isinstance(out.model, str):
         raise ConfigError(f"{at}.model must be a model name or path, got {out.model!r}")
+    if out.revision is not None and not isinstance(out.revision, str):
+        raise ConfigError(f"{at}.revision must be null or a branch, tag or commit of synonyms.model, got {out.revision!r}")
     _whole(out.neighbours, f"{at}.neighbours", 1)
     if isinstance(out.min_similarity, bool) or not isinstance(out.min_similarity, int | float) \
             or not -1 <= out.min_similarity <= 1:
@@ -199,7 +202,7 @@ def _synonyms(cfg: Mapping[str, Any] | None) -> Synonyms:
     if stop is not None and stop != "english":
         if isinstance(stop, str) or not isinstance(stop, Sequence) or not all(isinstance(w, str) for w in stop):
             raise ConfigError(f"{at}.stopwords must be english, null or a list of words, got {stop!r}")
-        out = Synonyms(out.source, out.model, out.neighbours, out.min_similarity, tuple(stop))
+        out = replace(out, stopwords=tuple(stop))
     return out
 
 
@@ -278,16 +281,14 @@ class SynonymTable:
 
     def __init__(self, synonyms: Mapping[str, Sequence[str]], stopwords: frozenset[str] = frozenset()):
         self.synonyms = {w: list(s) for w, s in synonyms.items() if s}
-        self.lower = {}
-        for word, found in self.synonyms.items():
-            self.lower.setdefault(word.lower(), found)
         self.stopwords = stopwords
 
     def of(self, word: str, cased: bool = True) -> list[str]:
-        """The synonyms of a bare word, in its case (``cased``) or as the source writes them."""
+        """The synonyms of a bare word (those of the word as it is, else of its lower-case form), in its case
+        (``cased``) or as the source writes them."""
         if not word or word.lower() in self.stopwords:
             return []
-        found = self.synonyms.get(word) or self.lower.get(word.lower()) or []
+        found = self.synonyms.get(word) or self.synonyms.get(word.lower()) or []
         return [match_case(word, s) if cased else s for s in found if s.lower() not in self.stopwords]
 
     def __contains__(self, token: object) -> bool:
@@ -334,28 +335,66 @@ def whole_words(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return words
 
 
-def input_embeddings(name: str) -> torch.Tensor:
-    """The input-embedding matrix of a model (its weights loaded once, on the CPU)."""
-    from transformers import AutoModel
+def input_embeddings(name: str, revision: str | None = None) -> torch.Tensor:
+    """The input-embedding matrix of a model, in float32 on the CPU: that one tensor read from its safetensors
+    file(s), the model built on the meta device (no weights) only to name it; the whole model loaded only when
+    the checkpoint has no safetensors or no tensor of that name."""
+    from transformers import AutoConfig, AutoModel
 
     from tunelab.hub import hub_errors
     from tunelab.models import model_path
 
     path = model_path(name)
-    with hub_errors("model", path, f"point {KEY}.synonyms.model at a local copy"), torch.random.fork_rng():
-        model = AutoModel.from_pretrained(path)  # fork_rng: the run's random state stays as it was
-    return model.get_input_embeddings().weight.detach().float()
+    # fork_rng: the run's random state stays as it was (devices=[]: no GPU is touched)
+    with hub_errors("model", path, f"point {KEY}.synonyms.model at a local copy"), torch.random.fork_rng(devices=[]):
+        config = AutoConfig.from_pretrained(path, revision=revision)
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(config)
+        weight = skeleton.get_input_embeddings().weight
+        names = [n for n, p in skeleton.named_parameters(remove_duplicate=False) if p is weight]  # tied ones too
+        prefix = skeleton.base_model_prefix  # a *For<Task> checkpoint stores the base model under it
+        found = safetensors_tensor(path, [*names, *(f"{prefix}.{n}" for n in names if prefix)], revision)
+        if found is None:
+            log.info("%s: %s has no safetensors holding %s: loading the whole model for its input embeddings",
+                     KEY, name, names[0])
+            found = AutoModel.from_pretrained(path, revision=revision).get_input_embeddings().weight
+    return found.detach().float()
+
+
+def safetensors_tensor(path: str, keys: Sequence[str], revision: str | None = None) -> torch.Tensor | None:
+    """The first of ``keys`` stored in the model's ``model.safetensors`` or, sharded, the file that
+    ``model.safetensors.index.json`` maps it to (local folders and Hub names alike); None when there is none."""
+    from safetensors import safe_open
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+    single = cached_file(path, SAFE_WEIGHTS_NAME, revision=revision, _raise_exceptions_for_missing_entries=False)
+    if single is not None:
+        with safe_open(single, framework="pt") as weights:
+            stored = set(weights.keys())
+            key = next((k for k in keys if k in stored), None)
+            return weights.get_tensor(key) if key is not None else None
+    index = cached_file(path, SAFE_WEIGHTS_INDEX_NAME, revision=revision, _raise_exceptions_for_missing_entries=False)
+    if index is None:
+        return None
+    weight_map = json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"]
+    key = next((k for k in keys if k in weight_map), None)
+    if key is None:
+        return None
+    with safe_open(cached_file(path, weight_map[key], revision=revision), framework="pt") as weights:
+        return weights.get_tensor(key)
 
 
 def embedding_neighbours(words: Iterable[str], tokenizer: PreTrainedTokenizerBase, embeddings: torch.Tensor,
                          neighbours: int, min_similarity: float, stopwords: frozenset[str] = frozenset(),
                          chunk: int = 1024) -> dict[str, list[str]]:
-    """Per word of ``words`` that is a whole word of the vocabulary (as it is, else lower-cased): its ``neighbours``
+    """Per word of ``words``, and per lower-cased word, that is a whole word of the vocabulary: its ``neighbours``
     nearest whole words by the cosine of their input embeddings, those of at least ``min_similarity`` and other than
-    the word in another case, nearest first. Stop words are neither looked up nor neighbours."""
+    the word in another case, nearest first. Stop words are neither looked up nor neighbours. A word's entry
+    depends on the word and the embeddings only (not on the other words), so ``SynonymTable.of`` gives a word the
+    same synonyms whatever else the texts hold."""
     vocab = {w: i for w, i in whole_words(tokenizer).items() if i < embeddings.shape[0] and w.lower() not in stopwords}
     names = list(vocab)
-    queries = sorted({w if w in vocab else w.lower() for w in words if w in vocab or w.lower() in vocab})
+    queries = sorted({form for w in words for form in (w, w.lower()) if form in vocab})
     if not queries:
         return {}
     table = torch.nn.functional.normalize(embeddings[[vocab[w] for w in names]].float(), dim=1)
@@ -450,7 +489,8 @@ class BackTranslator:
     def __init__(self, models: tuple[str, str], settings: Translation, seed: int):
         self.settings, self.seed, self.device = settings, seed, device()
         self.steps = []
-        with torch.random.fork_rng():  # loading draws no random numbers from the run's state
+        # loading draws no random numbers from the run's state; only this process's GPU, if any, is touched
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             for k, name in enumerate(models):
                 self.steps.append(self._load(k, name))
 
@@ -471,6 +511,13 @@ class BackTranslator:
             model = AutoModelForSeq2SeqLM.from_pretrained(path).to(self.device).eval()
         prefix = self.settings.prefixes[k]
         return tokenizer, model, prefix if prefix is not None else run_prefix or ""
+
+    def close(self) -> None:
+        """Let go of the models (and, on a GPU, of the memory they held): training needs it."""
+        self.steps.clear()
+        if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def __call__(self, texts: Sequence[str]) -> list[str]:
         cut = [sentences(t) for t in texts]
@@ -520,19 +567,22 @@ class Augmentation:
         source = self.config.synonyms
         stop = source.stopword_set
         if source.source != EMBEDDING:
+            if not Path(source.source).expanduser().is_file():
+                raise ConfigError(f"{KEY}.synonyms.source={source.source}: no such file (a word list, or "
+                                  f"'{EMBEDDING}' for neighbours in the model's input embeddings)")
             table = SynonymTable(read_word_list(source.source), stop)
             log.info("%s: %d words with synonyms in %s", KEY, len(table.synonyms), source.source)
             return table
         name = source.model or tokenizer.name_or_path
-        embeddings = input_embeddings(name)
+        embeddings = input_embeddings(name, source.revision)
         if embeddings.shape[0] < len(tokenizer):
             raise ConfigError(f"{KEY}.synonyms.model={name} has {embeddings.shape[0]} input embeddings, fewer than the "
                               f"{len(tokenizer)} tokens of the run's tokenizer: it must be the run's backbone")
         words = {affixes(w)[1] for text in texts for w in text.split()} - {""}
         table = SynonymTable(embedding_neighbours(words, tokenizer, embeddings, source.neighbours,
                                                   source.min_similarity, stop), stop)
-        log.info("%s: embedding neighbours of %s for %d of %d distinct training words", KEY, name,
-                 len(table.synonyms), len(words))
+        log.info("%s: embedding neighbours of %s for %d forms (as written, lower-cased) of %d distinct training words",
+                 KEY, name, len(table.synonyms), len(words))
         return table
 
     def apply(self, ds: datasets.Dataset, columns: Sequence[str], tokenizer: PreTrainedTokenizerBase,
@@ -558,7 +608,10 @@ class Augmentation:
                     made.append((i, copy, op, new))
         if self.config.backtranslate:
             translate = BackTranslator(self.config.backtranslate, self.config.translation, self.seed)
-            done = {c: translate([v if isinstance(v, str) else "" for v in texts[c]]) for c in columns}
+            try:
+                done = {c: translate([v if isinstance(v, str) else "" for v in texts[c]]) for c in columns}
+            finally:
+                translate.close()
             made += [(i, self.config.copies, BACKTRANSLATE,
                       {c: done[c][i] if isinstance(texts[c][i], str) else texts[c][i] for c in columns})
                      for i in range(len(ds))]
