@@ -11,7 +11,10 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -19,6 +22,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -26,9 +31,11 @@ from optuna.trial import TrialState
 from tests.conftest import tiny_overrides
 from tunelab.config import CONFIG_DIR
 from tunelab.errors import ConfigError
+from tunelab.search.best import rerun_overrides
+from tunelab.search.report import TrialReporter
 from tunelab.search.space import distribution, format_override, parse_space
-from tunelab.search.study import PRUNER, WORKER, open_storage
-from tunelab.search.sweep import Settings
+from tunelab.search.study import MONITOR, PRUNER, RUN_DIR, WORKER, exclusive, open_storage
+from tunelab.search.sweep import MAX_RESOURCE, Search, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSER = OverridesParser.create()
@@ -85,9 +92,36 @@ def test_a_value_becomes_an_override_that_hydra_reads_back_unchanged(value: obje
     assert parsed.value() == value and type(parsed.value()) is type(value), text
 
 
+@pytest.mark.parametrize(("syntax", "values"), [
+    ("null,0.01", [None, 0.01]),  # (Hydra's parser refuses null inside choice(...): the simple form takes it)
+    ("'a b',c", ["a b", "c"]),
+    ("choice('a b', c)", ["a b", "c"]),
+    ("choice([q,v],[q,k,v,o])", [["q", "v"], ["q", "k", "v", "o"]]),
+    ("[q,v],all,{a:1}", [["q", "v"], "all", {"a": 1}]),
+    ("choice(['x y',z],'[z]')", [["x y", "z"], "[z]"]),
+])
+def test_each_choice_reaches_the_trials_config_as_written(syntax: str, values: list, toy_app: Path) -> None:
+    space = parse_space({}, [f"kind={syntax}"])
+    (choices,) = [d.choices for d in space.distributions.values()]
+    with initialize_config_dir(config_dir=str(toy_app / "conf"), version_base="1.3"):
+        composed = [OmegaConf.to_container(compose("config", overrides=[space.override("kind", c)]))["kind"]
+                    for c in choices]
+    assert composed == values
+
+
+def test_a_list_choice_that_reads_as_a_string_choice_is_refused() -> None:
+    with pytest.raises(Exception, match="k=choice"):
+        parse_space({}, ["k=choice([z],'[z]')"])
+
+
+def test_fixed_values_in_params_keep_their_type() -> None:
+    space = parse_space({"a": None, "b": 0.1, "c": True, "d": "1e-4", "e": "choice(1, 2)"}, [])
+    assert [PARSER.parse_override(o).value() for o in space.fixed] == [None, 0.1, True, 1e-4]
+
+
 @pytest.mark.parametrize(("option", "extra"), [("lr-batch", []), ("lora", ["tuning=lora"])])
 def test_every_hparams_search_option_composes_and_searches_keys_that_exist(option: str, extra: list[str],
-                                                                            tmp_path: Path) -> None:
+                                                                            tmp_path: Path, compose_cfg) -> None:
     assert {p.stem for p in (CONFIG_DIR / "hparams_search").glob("*.yaml")} == {"lr-batch", "lora"}
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"hparams_search={option}", *extra, f"paths.root_dir={tmp_path}"],
@@ -104,6 +138,13 @@ def test_every_hparams_search_option_composes_and_searches_keys_that_exist(optio
     assert len(space.distributions) == 3 and not space.fixed
     for key in space.distributions:
         assert OmegaConf.select(cfg, key, default="absent") != "absent", key
+    # Outside hydra.*, the search config sets nothing: best.yaml's command (it keeps hparams_search=...) and a
+    # command without it compose the same run.
+    searched, plain = (OmegaConf.to_container(compose_cfg(*search, *extra), resolve=True)
+                       for search in ([f"hparams_search={option}"], []))
+    assert searched == plain and searched["run_id"] == plain["run_id"]
+    assert rerun_overrides([f"hparams_search={option}", *extra], {"optimizer.lr": "optimizer.lr=0.001"}) == [
+        f"hparams_search={option}", *extra, "optimizer.lr=0.001"]
 
 
 def test_a_run_of_a_search_trial_has_the_same_identity_as_its_rerun(compose_cfg) -> None:
@@ -313,6 +354,151 @@ def test_a_requeued_slurm_job_takes_up_the_trial_it_left_running(toy_app: Path) 
     assert trials[1].state == TrialState.RUNNING  # another job's trial: left to it
 
 
+def test_a_study_refuses_a_search_with_other_fixed_overrides_and_continues_its_own(toy_app: Path) -> None:
+    root = toy_app.parent / "out"
+    assert sweep(toy_app, "hydra.sweeper.n_trials=2", "no_value_kind=c")[0] == 0
+    recorded = load(root).user_attrs["search"]
+    assert recorded["fixed"] == sorted([f"root={root}", "no_value_kind=c"]) and recorded["direction"] == "minimize"
+    assert set(recorded["space"]) == {"x", "kind"}
+    for other, shown in [(["no_value_kind=d"], "['no_value_kind=c'] there, ['no_value_kind=d'] here"),
+                         (["no_value_kind=c", "sleep=0.01"], "[] there, ['sleep=0.01'] here"),
+                         (["no_value_kind=c", "x=interval(0, 1)"], "x: "),
+                         (["no_value_kind=c", "hydra.sweeper.direction=maximize"], "created to minimize")]:
+        rc, out = sweep(toy_app, "hydra.sweeper.n_trials=3", *other)
+        assert rc == 1 and shown in out and "hydra.sweeper.study_name" in out and "Traceback" not in out, out
+    assert len(load(root).trials) == 2  # nothing ran
+    rc, out = sweep(toy_app, "hydra.sweeper.n_trials=3", "no_value_kind=c", "hydra.sweeper.n_jobs=1")
+    assert rc == 0, out
+    assert [t.state for t in load(root).trials] == [TrialState.COMPLETE] * 3
+
+
+def in_background(work) -> threading.Thread:
+    thread = threading.Thread(target=work, daemon=True)  # daemon: a lock that spins must not hang pytest
+    thread.start()
+    return thread
+
+
+def test_a_stale_ask_lock_is_broken_and_a_live_one_is_waited_for(tmp_path: Path) -> None:
+    target, lock = tmp_path / "ask", tmp_path / "ask.lock"
+    held = []
+
+    def ask(**kwargs) -> None:
+        with exclusive(target, **kwargs):
+            held.append(lock.is_symlink())
+
+    # Left by a sweeper killed while asking, before ask existed (a dangling link), an hour ago.
+    os.symlink(str(target), lock)
+    os.utime(lock, (time.time() - 3600,) * 2, follow_symlinks=False)
+    in_background(ask).join(timeout=10)
+    assert held == [True] and target.is_file() and not lock.is_symlink()
+
+    os.symlink(str(target), lock)  # held right now by another process: waited for, not broken
+    thread = in_background(ask)
+    thread.join(timeout=1)
+    assert thread.is_alive() and held == [True]
+    lock.unlink()  # released
+    thread.join(timeout=5)
+    assert held == [True, True] and not lock.is_symlink()
+
+    # Its holder killed while we wait: broken once the lock has stayed unchanged for the grace period.
+    os.symlink(str(target), lock)
+    started = time.monotonic()
+    in_background(lambda: ask(grace_period=3)).join(timeout=15)
+    assert held == [True, True, True] and 3 <= time.monotonic() - started < 15
+
+
+STUB_TRAINER = {"is_global_zero": True, "sanity_checking": False, "current_epoch": 0, "global_step": 1,
+                "state": SimpleNamespace(fn=TrainerFn.FITTING), "strategy": SimpleNamespace(broadcast=lambda o, src: o)}
+
+
+def reporter(storage: str, study: str, number: int, run_dir: Path) -> TrialReporter:
+    """The run's reporter of trial ``number``, set up as in a training run of it."""
+    report = TrialReporter(OmegaConf.create({"storage": storage, "study": study, "trial": number}), "val/acc", run_dir)
+    report.setup(SimpleNamespace(**STUB_TRAINER), None, "fit")
+    return report
+
+
+def test_a_run_whose_trial_is_finished_already_goes_on_without_reporting(tmp_path: Path, caplog) -> None:
+    storage = str(tmp_path / "journal.log")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage), direction="maximize")
+    told = study.ask()
+    study.tell(told, state=TrialState.FAIL)  # e.g. by the sweeper, when its launcher failed
+    assert reporter(storage, "s", told.number, tmp_path / "a").trial is None
+    assert RUN_DIR not in study.trials[told.number].user_attrs
+
+    running = study.ask()
+    report = reporter(storage, "s", running.number, tmp_path / "b")
+    assert study.trials[running.number].user_attrs[MONITOR] == "val/acc"
+    trainer = SimpleNamespace(**STUB_TRAINER, callback_metrics={"val/acc": 0.5}, should_stop=False)
+    report.on_validation_end(trainer, None)
+    study.tell(running, state=TrialState.FAIL)
+    report.on_validation_end(trainer, None)
+    report.on_validation_end(trainer, None)
+    assert study.trials[running.number].intermediate_values == {0: 0.5} and not trainer.should_stop
+    assert report.validations == 3 and report.pruned is None
+    warnings = [r.getMessage() for r in caplog.records if "finished in its study already" in r.getMessage()]
+    assert len(warnings) == 2 and f"search trial {running.number} " in warnings[1]
+
+
+def search(tmp_path: Path, launch, **settings) -> Search:
+    defaults = {"direction": "maximize", "study_name": "s", "dir": str(tmp_path / "search" / "s"), "storage": None,
+                "n_trials": 4, "n_jobs": 4, "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},
+                "params": {"x": "interval(-4, 4)"}}
+    return Search(Settings.from_config(**{**defaults, **settings}), launch=launch, validate=lambda batch: None)
+
+
+def search_key(overrides, key: str) -> str:
+    """The value of ``search.<key>`` that the sweeper gave a trial's run."""
+    return next(o for o in overrides if o.startswith(f"search.{key}=")).split("=", 1)[1]
+
+
+def test_when_the_launcher_fails_each_trial_is_told_what_its_run_folder_says(tmp_path: Path) -> None:
+    folders = {0: ({"status": "completed"}, {"val": {"acc": 0.75, "loss": 0.1}}),
+               1: ({"status": "pruned", "reason": "pruned by MedianPruner at validation 1"}, None),
+               2: ({"status": "running"}, None),  # the lost job's run
+               3: ({"status": "completed"}, {"val": {"loss": 0.1}})}  # no value of the monitor
+
+    def launch(batch, first):
+        for overrides in batch:
+            number = int(search_key(overrides, "trial"))
+            run = tmp_path / "runs" / str(number)
+            reporter(search_key(overrides, "storage"), "s", number, run)  # the run records its folder and monitor on its trial
+            status, metrics = folders[number]
+            run.mkdir(parents=True)
+            (run / "status.json").write_text(json.dumps(status))
+            if metrics:
+                (run / "metrics.json").write_text(json.dumps(metrics))
+        raise RuntimeError("job 2 lost")
+
+    best = search(tmp_path, launch).run([])
+    trials = load(tmp_path, "s").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL]
+    assert trials[0].value == 0.75 and best.number == 0
+    assert trials[2].user_attrs["error"] == "RuntimeError: job 2 lost"
+    assert trials[3].user_attrs["error"].startswith("ValueError: the run returned None, not a value")
+
+
+def test_the_sweepers_study_has_the_configured_pruner_and_hyperband_resolves_auto_once(tmp_path: Path) -> None:
+    def launch(batch, first):  # each run validates 3 times
+        for overrides in batch:
+            trial = reporter(search_key(overrides, "storage"), "s", int(search_key(overrides, "trial")),
+                             tmp_path / "run").trial
+            for step in range(3):
+                trial.report(float(step), step)
+        return [JobReturn(status=JobStatus.COMPLETED, _return_value=1.0) for _ in batch]
+
+    hyperband = {"name": "hyperband", "min_resource": 1, "max_resource": "auto", "reduction_factor": 3}
+    runner = search(tmp_path, launch, n_trials=3, n_jobs=1, pruner=hyperband, sampler={"name": "tpe", "seed": 0})
+    runner.run([])
+    assert isinstance(runner.study.pruner, optuna.pruners.HyperbandPruner)  # the sampler's brackets: hyperband's
+    study = load(tmp_path, "s")
+    assert [t.user_attrs[PRUNER]["max_resource"] for t in study.trials] == ["auto", 3, 3]
+    assert study.user_attrs[MAX_RESOURCE] == 3
+    runner = search(tmp_path / "none", launch, n_trials=1, pruner={"name": "none"})
+    runner.run([])
+    assert isinstance(runner.study.pruner, optuna.pruners.NopPruner)  # not Optuna's default, MedianPruner
+
+
 # With the tiny model: real runs, one run folder per trial.
 
 
@@ -356,7 +542,7 @@ def test_two_sweeps_share_one_study_and_the_best_trial_reruns(tiny_bert: Path, l
 
     best = yaml.safe_load((root / "search" / "csv-tiny-test-full-lr-batch" / "best.yaml").read_text())
     assert best["value"] == study.best_value and best["run_dir"] == study.best_trial.user_attrs["run_dir"]
-    assert "hparams_search=lr-batch" not in best["overrides"] and best["command"].startswith("python ")
+    assert "hparams_search=lr-batch" in best["overrides"] and best["command"].startswith("python ")
     # The best overrides compose the best trial's config: a fresh run of it (resume=never) gets its run_id and,
     # deterministic on the CPU, its value.
     rerun = train(*best["overrides"], "resume=never")

@@ -10,13 +10,15 @@ write the same content)::
     trial: 7
     params: {optimizer.lr: 4.1e-05, task.data.batch_size: 32, scheduler.warmup_ratio: 0.06}
     run_dir: runs/bbc-news-minilm-full/5f0c2e8a1d
-    overrides: [task=bbc-news, optimizer.lr=4.1e-05, ...]
-    command: python train.py task=bbc-news optimizer.lr=4.1e-05 ...
+    overrides: [task=bbc-news, hparams_search=lr-batch, optimizer.lr=4.1e-05, ...]
+    command: python train.py task=bbc-news hparams_search=lr-batch optimizer.lr=4.1e-05 ...
     trials: {complete: 18, pruned: 5, fail: 1, running: 0, waiting: 0}
 
-``command`` is the search's own command line without ``-m`` and without the search's overrides, plus the
-trial's values: it composes the trial's config, so it finds the trial's run folder (its run_id) and returns
-its metrics without training again (``resume=auto``); ``resume=never`` trains the same config afresh.
+``command`` is the search's own command line without ``-m``, plus the trial's values: the overrides that
+composed the trial's config, ``hparams_search=...`` included (it sets only ``hydra.sweeper``, which a run
+without ``-m`` ignores; kept, the config is the trial's even if a search config sets other keys). So it finds
+the trial's run folder (its run_id) and returns its metrics without training again (``resume=auto``);
+``resume=never`` trains the same config afresh.
 """
 
 from __future__ import annotations
@@ -32,14 +34,11 @@ import yaml
 
 from tunelab.io import atomic_write_text
 
-# Overrides of the search itself (the search config, sweeper and launcher): not part of a trial's run.
-SEARCH_OVERRIDES = ("hparams_search=", "+hparams_search=", "++hparams_search=")
-
 
 def rerun_overrides(fixed: Sequence[str], params: Mapping[str, str]) -> list[str]:
-    """The overrides of one trial outside the search: the fixed ones less the search's own, then the trial's
-    values (``params``: key -> its ``key=value`` override)."""
-    return [o for o in fixed if not o.startswith(SEARCH_OVERRIDES)] + list(params.values())
+    """The overrides of one trial outside the search: the fixed ones, then the trial's values (``params``:
+    key -> its ``key=value`` override)."""
+    return [*fixed, *params.values()]
 
 
 def command(overrides: Sequence[str], program: str | None = None) -> str:

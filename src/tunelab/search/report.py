@@ -13,9 +13,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig
+from optuna.exceptions import UpdateFinishedTrialError
 
 from tunelab.search import TrialPruned
-from tunelab.search.study import HOST, RUN_DIR, SLURM_JOB, open_trial
+from tunelab.search.study import HOST, MONITOR, RUN_DIR, SLURM_JOB, open_trial
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ class TrialReporter(L.Callback):
     epoch), not the optimizer step: pruners compare trials at equal steps, and trials of different batch sizes
     (a searched key) take different numbers of optimizer steps per epoch. The count is part of the callback's
     state in checkpoints, so a resumed run goes on counting.
+
+    A trial that the study holds finished already (its sweeper told it FAIL, say, when the launcher failed) takes
+    no more reports: the run goes on without reporting, and without pruning.
     """
 
     def __init__(self, search: DictConfig, monitor: str, run_dir: str | os.PathLike) -> None:
@@ -48,10 +52,14 @@ class TrialReporter(L.Callback):
         if stage != "fit" or not trainer.is_global_zero or self.trial is not None:
             return
         self.trial = open_trial(self.storage, self.study_name, self.number)
-        self.trial.set_user_attr(RUN_DIR, str(self.run_dir))
-        self.trial.set_user_attr(HOST, socket.gethostname())
+        attrs = {RUN_DIR: str(self.run_dir), MONITOR: self.monitor, HOST: socket.gethostname()}
         if os.environ.get("SLURM_JOB_ID"):
-            self.trial.set_user_attr(SLURM_JOB, os.environ["SLURM_JOB_ID"])
+            attrs[SLURM_JOB] = os.environ["SLURM_JOB_ID"]
+        try:
+            for key, value in attrs.items():
+                self.trial.set_user_attr(key, value)
+        except UpdateFinishedTrialError as err:
+            self._stop_reporting(err)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -62,15 +70,24 @@ class TrialReporter(L.Callback):
             value = trainer.callback_metrics.get(self.monitor)
             if value is not None:
                 value = float(value)
-                self.trial.report(value, step=self.validations - 1)
-                if self.trial.should_prune():
-                    reason = (f"pruned by {type(self.trial.study.pruner).__name__} at validation {self.validations} "
-                              f"(epoch {trainer.current_epoch}, step {trainer.global_step}): {self.monitor} {value:.4g}")
+                try:
+                    self.trial.report(value, step=self.validations - 1)
+                    if self.trial.should_prune():
+                        reason = (f"pruned by {type(self.trial.study.pruner).__name__} at validation "
+                                  f"{self.validations} (epoch {trainer.current_epoch}, step {trainer.global_step}): "
+                                  f"{self.monitor} {value:.4g}")
+                except UpdateFinishedTrialError as err:
+                    self._stop_reporting(err)
         reason = trainer.strategy.broadcast(reason, src=0)
         if reason:
             log.info("search trial %d %s", self.number, reason)
             self.pruned = reason
             trainer.should_stop = True
+
+    def _stop_reporting(self, err: UpdateFinishedTrialError) -> None:
+        log.warning("search trial %d is finished in its study already (%s): this run goes on, reporting to it no "
+                    "more", self.number, err)
+        self.trial = None
 
     def raise_if_pruned(self) -> None:
         if self.pruned:

@@ -2,6 +2,7 @@
 
 =========================================  ==============================================
 ``choice(16, 32, 64)``, or ``16,32,64``     ``CategoricalDistribution([16, 32, 64])``
+``choice(null, 'a b', [q,v])``              ``CategoricalDistribution([None, "a b", "[q,v]"])``
 ``range(1, 5)`` (the stop left out)         ``IntDistribution(1, 4)``
 ``range(0.1, 0.5, 0.1)``                    ``FloatDistribution(0.1, 0.4, step=0.1)``
 ``shuffle(range(1, 5))``                    ``CategoricalDistribution`` of its values
@@ -10,18 +11,27 @@
 ``tag(int, interval(1, 64))``               ``IntDistribution(1, 64)`` (with ``log``: ``log=True``)
 =========================================  ==============================================
 
-Hydra reads both bounds of ``interval`` as floats, so an integer interval says so with the ``int`` tag.
+Hydra reads both bounds of ``interval`` as floats, so an integer interval says so with the ``int`` tag. A choice
+that is a list or a dict is, in the study, its override text (Optuna's choices are None, bools, numbers and
+strings); ``Space.override`` writes it back unquoted, so Hydra reads the list again.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    QuotedString,
+    RangeSweep,
+    Transformer,
+)
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -35,6 +45,14 @@ class Space:
 
     distributions: dict[str, BaseDistribution]
     fixed: list[str]
+    # Per searched key, its choices that stand for a list or a dict (their override text, e.g. ``[q,v]``).
+    literal: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def override(self, key: str, value: Any, parser: OverridesParser | None = None) -> str:
+        """``key=value`` for a trial's value of ``key``: a list's or dict's text as it is, else ``format_override``."""
+        if isinstance(value, str) and value in self.literal.get(key, ()):
+            return f"{key}={value}"
+        return format_override(key, value, parser)
 
 
 def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -54,21 +72,47 @@ def parse_space(params: Mapping[str, Any], arguments: Sequence[str], parser: Ove
     """The space of ``hydra.sweeper.params`` and the command line's overrides; the command line wins where both
     name a key, so ``optimizer.lr=1e-4`` fixes a searched key and ``optimizer.lr=interval(...)`` searches one."""
     parser = parser or OverridesParser.create()
-    lines = [f"{key}={value}" for key, value in flat_params(params).items()] + list(arguments)
+    # A string is the syntax as written (``choice(...)``, ``1e-4``); YAML's other values (null, numbers) are values.
+    lines = [f"{key}={value}" if isinstance(value, str) else format_override(key, value, parser)
+             for key, value in flat_params(params).items()] + list(arguments)
     chosen: dict[str, Override] = {}
     for override in parser.parse_overrides(lines):
         chosen.pop(override.get_key_element(), None)  # the later one wins, in its own place
         chosen[override.get_key_element()] = override
     distributions = {key: distribution(o) for key, o in chosen.items() if o.is_sweep_override()}
-    return Space(distributions, [o.input_line for o in chosen.values() if not o.is_sweep_override()])
+    literal = {key: frozenset(c for c, is_text in choices(o) if is_text)
+               for key, o in chosen.items() if isinstance(o.value(), ChoiceSweep)}
+    return Space(distributions, [o.input_line for o in chosen.values() if not o.is_sweep_override()],
+                 {key: texts for key, texts in literal.items() if texts})
+
+
+def choices(override: Override) -> list[tuple[Any, bool]]:
+    """A choice sweep's values as Optuna keeps them, each with whether it is a list's or dict's override text:
+    a quoted string is its text (``'a b'`` -> ``a b``), ``null`` is None, ``[q,v]`` is ``"[q,v]"``."""
+    sweep = override.value()
+    assert isinstance(sweep, ChoiceSweep)
+    out = []
+    for value in sweep.list:  # in the order written, even under shuffle(): every process's study has one order
+        if isinstance(value, QuotedString):
+            out.append((value.text, False))
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            out.append((value, False))
+        else:  # a list or a dict (Hydra's parser yields no other value)
+            out.append((Transformer.str(value), True))
+    texts = {c for c, is_text in out if is_text}
+    if texts & {c for c, is_text in out if not is_text}:
+        raise HydraException(f"{override.input_line}: a string choice reads the same as a list or dict choice")
+    return out
 
 
 def distribution(override: Override) -> BaseDistribution:
     """The Optuna distribution of one sweep override (see the module's table)."""
     value = override.value()
     where = f"{override.input_line}: "
-    if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
-        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution([c for c, _ in choices(override)])
+    if isinstance(value, RangeSweep) and value.shuffle:
+        return CategoricalDistribution(list(value.range()))
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
         if step is None or step <= 0 or start is None or stop is None or stop <= start:

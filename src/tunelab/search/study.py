@@ -5,8 +5,11 @@ a trial belongs to."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,11 @@ SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("minimize", "maximize")
 # Trial user attributes that tunelab sets: the process that asked for the trial (``worker``), the pruner its run
-# consults (``pruner``), and, from the run itself, its folder and where it trained.
-WORKER, PRUNER, RUN_DIR, SLURM_JOB, HOST = "worker", "pruner", "run_dir", "slurm_job_id", "host"
+# consults (``pruner``), and, from the run itself, its folder, the metric it reports and where it trained.
+WORKER, PRUNER, RUN_DIR, MONITOR, SLURM_JOB, HOST = "worker", "pruner", "run_dir", "monitor", "slurm_job_id", "host"
+ASK_LOCK_GRACE_S = 300  # the ask lock is held for seconds: one this old was left by a killed process
+
+log = logging.getLogger(__name__)
 
 
 def is_url(storage: str) -> bool:
@@ -51,16 +57,42 @@ def open_storage(storage: str) -> BaseStorage:
 
 
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold ``<path>.lock`` (Optuna's symlink lock, NFS-safe) while counting the study's trials and asking for
-    new ones, so that processes sharing a study create exactly ``n_trials`` between them."""
+def exclusive(path: Path, grace_period: int = ASK_LOCK_GRACE_S) -> Iterator[None]:
+    """Hold ``<path>.lock`` (Optuna's symlink lock, NFS-safe: a symbolic link to ``path``) while counting the
+    study's trials and asking for new ones, so that processes sharing a study create exactly ``n_trials``
+    between them. Holding it takes seconds, so a lock older than ``grace_period`` seconds is stale (its holder
+    was killed) and is broken at once; one that a waiter sees unchanged for ``grace_period`` seconds is broken
+    too (Optuna's own rule, which watches the mtime of ``path`` from the moment the waiter arrives)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = JournalFileSymlinkLock(str(path))
+    # The target must exist: Optuna's waiter stats it through the link, and on a dangling link it retries at
+    # once, without sleeping and without ever applying its grace period. Opening it leaves its mtime alone.
+    with path.open("a"):
+        pass
+    lock = JournalFileSymlinkLock(str(path), grace_period=grace_period)
+    break_stale(Path(f"{path}.lock"), grace_period)
     lock.acquire()
     try:
         yield
     finally:
         lock.release()
+
+
+def break_stale(lock: Path, grace_period: float) -> None:
+    """Remove the symbolic link ``lock`` if it was made more than ``grace_period`` seconds ago (its own mtime,
+    not its target's); renamed aside first, so that of two processes breaking it only one removes it."""
+    try:
+        age = time.time() - lock.lstat().st_mtime
+    except FileNotFoundError:
+        return
+    if age <= grace_period:
+        return
+    log.warning("breaking %s, taken %.0f s ago (more than %d s): its holder is gone", lock, age, grace_period)
+    aside = lock.with_name(f"{lock.name}.{uuid.uuid4().hex}.stale")
+    try:  # (a lock taken afresh between the lstat and this rename would go too: as in Optuna's forced release)
+        os.rename(lock, aside)
+    except FileNotFoundError:  # another process broke it first
+        return
+    os.unlink(aside)
 
 
 def build_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:

@@ -11,6 +11,13 @@ through the configured Hydra launcher (in this process one after another, or as 
 - anything else (an error, no value, a Slurm job lost): FAIL, with the error as the trial's ``error``
   attribute; the search goes on, and ends with an error only when every trial of this process failed.
 
+When the launcher itself fails for a batch (``hydra/launcher=slurm``: one lost job, while the others may have
+finished), each trial of the batch is told what its run folder says (``status.json``, ``metrics.json``).
+
+The first process creates the study and records the search in it (``search``: the fixed overrides, the
+searched distributions, the direction); a process whose search differs is refused, so searches with other
+fixed overrides (``seed=2``, another ``few_shot.k``) never mix their trials in one study.
+
 A process in a Slurm job first takes up the trials that its own job left running (``worker`` attribute, the
 job id survives a requeue): their runs resume from their checkpoints. After each batch it writes
 ``best.yaml`` (``tunelab.search.best``).
@@ -18,6 +25,7 @@ job id survives a requeue): their runs resume from their checkpoints. After each
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -30,6 +38,7 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
+from optuna.distributions import distribution_to_json
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -39,6 +48,7 @@ from tunelab.search.best import command, rerun_overrides, write_best
 from tunelab.search.space import Space, format_override, parse_space
 from tunelab.search.study import (
     DIRECTIONS,
+    MONITOR,
     PRUNER,
     RUN_DIR,
     WORKER,
@@ -52,6 +62,8 @@ from tunelab.search.study import (
 log = logging.getLogger(__name__)
 Launch = Callable[[Sequence[Sequence[str]], int], Sequence[JobReturn]]
 ERROR = "error"  # trial user attribute: why a trial failed
+# Study user attributes: the search that created the study, and hyperband's max_resource=auto once resolved.
+SEARCH, MAX_RESOURCE = "search", "hyperband_max_resource"
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,7 @@ class Search:
         self.parser = parser or OverridesParser.create()
         self.worker = worker_id()
         self.storage: BaseStorage | None = None
+        self.study: optuna.Study | None = None
         self.outcomes: Counter[str] = Counter()
 
     def run(self, arguments: Sequence[str]) -> FrozenTrial | None:
@@ -105,11 +118,15 @@ class Search:
             raise ConfigError("hparams_search: nothing to search (hydra.sweeper.params is empty, and no override is "
                               "a sweep such as optimizer.lr=interval(1e-5,1e-3))")
         self.storage = open_storage(s.storage)
-        study = optuna.create_study(study_name=s.study_name, storage=self.storage, direction=s.direction,
-                                    load_if_exists=True)
-        if study.direction.name.lower() != s.direction:
-            raise ConfigError(f"study {s.study_name} in {s.storage} was created to {study.direction.name.lower()}, "
-                              f"not {s.direction}: name another study (hydra.sweeper.study_name)")
+        with exclusive(s.dir / "ask"):  # one process creates the study and records its search
+            study = optuna.create_study(study_name=s.study_name, storage=self.storage, direction=s.direction,
+                                        pruner=build_pruner(s.pruner), load_if_exists=True)
+            if study.direction.name.lower() != s.direction:
+                raise ConfigError(f"study {s.study_name} in {s.storage} was created to "
+                                  f"{study.direction.name.lower()}, not {s.direction}: name another study "
+                                  f"(hydra.sweeper.study_name)")
+            self._check_search(study, self._search(space))
+        self.study = study
         log.info("search %s (%s %s): %d trials in all, %d there already; %d at a time from %s; storage %s",
                  s.study_name, s.direction, ", ".join(space.distributions), s.n_trials, len(study.trials), s.n_jobs,
                  self.worker, s.storage)
@@ -130,6 +147,58 @@ class Search:
             self._write_best(study, space)
         return self._finish(study, space, last_error)
 
+    def _search(self, space: Space) -> dict[str, Any]:
+        """What makes a trial of this search: the direction, the fixed overrides (without the search's own:
+        ``hparams_search=``, ``hydra...``), and each searched key's distribution."""
+        def own(line: str) -> bool:
+            key = self.parser.parse_override(line).key_or_group
+            return key in ("hparams_search", "hydra") or key.startswith(("hydra.", "hydra/"))
+
+        return {"direction": self.settings.direction, "fixed": sorted(o for o in space.fixed if not own(o)),
+                "space": {k: distribution_to_json(d) for k, d in sorted(space.distributions.items())}}
+
+    def _check_search(self, study: optuna.Study, search: dict[str, Any]) -> None:
+        """Record ``search`` in a new study (or one made without it); refuse a study of another search."""
+        s = self.settings
+        recorded = study.user_attrs.get(SEARCH)
+        if recorded is None:
+            study.set_user_attr(SEARCH, search)
+            return
+        if recorded == search:
+            return
+        differences = []
+        if recorded.get("direction") != search["direction"]:
+            differences.append(f"direction {recorded.get('direction')} there, {search['direction']} here")
+        there, here = recorded.get("fixed", []), search["fixed"]
+        if there != here:
+            differences.append(f"fixed overrides {[o for o in there if o not in here]} there, "
+                               f"{[o for o in here if o not in there]} here")
+        spaces = recorded.get("space", {}), search["space"]
+        for key in sorted(spaces[0].keys() | spaces[1].keys()):
+            if spaces[0].get(key) != spaces[1].get(key):
+                differences.append(f"{key}: {spaces[0].get(key, 'not searched')} there, "
+                                   f"{spaces[1].get(key, 'not searched')} here")
+        raise ConfigError(f"study {s.study_name} in {s.storage} belongs to another search: "
+                          f"{'; '.join(differences)}. Name this search's own study with "
+                          f"hydra.sweeper.study_name=<name>, or run the study's search unchanged")
+
+    def _pruner(self, study: optuna.Study) -> dict[str, Any]:
+        """``hydra.sweeper.pruner``; hyperband's ``max_resource: auto`` fixed for the study (as Optuna does, from
+        the longest completed trial) once a trial has completed, so that this process's sampler and every run
+        split the trials into the same brackets."""
+        pruner = self.settings.pruner
+        if pruner.get("name") != "hyperband" or pruner.get("max_resource") != "auto":
+            return pruner
+        top = study.user_attrs.get(MAX_RESOURCE)
+        if top is None:
+            steps = [t.last_step for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.last_step is not None]
+            if not steps:
+                return pruner
+            top = max(steps) + 1
+            study.set_user_attr(MAX_RESOURCE, top)
+        return {**pruner, "max_resource": top}
+
     def _ask(self, study: optuna.Study, space: Space) -> list[FrozenTrial]:
         """Up to ``n_jobs`` new trials (queued ones first: ``Study.enqueue_trial``) while the study holds fewer than
         ``n_trials`` that have started, under the study's lock."""
@@ -137,6 +206,8 @@ class Search:
         with exclusive(s.dir / "ask"):
             trials = study.get_trials(deepcopy=False)
             started = sum(t.state != TrialState.WAITING for t in trials)  # queued trials are asked for first
+            pruner = self._pruner(study)
+            study.pruner = build_pruner(pruner)  # the sampler draws within hyperband's bracket of the trial
             asked = []
             for i in range(min(s.n_jobs, s.n_trials - started)):
                 seed = s.sampler.get("seed")
@@ -146,18 +217,18 @@ class Search:
                                               None if seed is None else seed + len(trials) + i)
                 trial = study.ask(space.distributions)
                 trial.set_user_attr(WORKER, self.worker)
-                trial.set_user_attr(PRUNER, s.pruner)
+                trial.set_user_attr(PRUNER, pruner)
                 asked.append(study.get_trials(deepcopy=False)[trial.number])
         return asked
 
     def _overrides(self, trial: FrozenTrial, space: Space) -> list[str]:
         s = self.settings
         search = {"search.storage": s.storage, "search.study": s.study_name, "search.trial": trial.number}
-        return [*space.fixed, *self._params(trial).values(),
+        return [*space.fixed, *self._params(trial, space).values(),
                 *(format_override(k, v, self.parser) for k, v in search.items())]
 
-    def _params(self, trial: FrozenTrial) -> dict[str, str]:
-        return {k: format_override(k, v, self.parser) for k, v in trial.params.items()}
+    def _params(self, trial: FrozenTrial, space: Space) -> dict[str, str]:
+        return {k: space.override(k, v, self.parser) for k, v in trial.params.items()}
 
     def _run_batch(self, study: optuna.Study, space: Space, batch: list[FrozenTrial]) -> BaseException | None:
         """Launch the batch's runs and tell the study their outcomes; returns the last error of a failed trial."""
@@ -170,11 +241,13 @@ class Search:
             raise
         try:
             returns = self.launch(overrides, batch[0].number)
-        except Exception as err:  # e.g. a Slurm job of the batch lost: its results cannot be told apart
-            log.error("the launcher failed for trial(s) %s: %s", ", ".join(str(t.number) for t in batch), err)
+        except Exception as err:  # e.g. a Slurm job of the batch lost: the others may have finished
+            log.error("the launcher failed for trial(s) %s: %s; each is told what its run folder says",
+                      ", ".join(str(t.number) for t in batch), err)
+            last_error = None
             for trial in batch:
-                self._tell_failed(study, trial.number, err)
-            return err
+                last_error = self._tell(study, trial.number, self._run_folder_outcome(study, trial.number, err))
+            return last_error
         last_error = None
         for trial, ret in zip(batch, returns, strict=True):
             last_error = self._tell(study, trial.number, ret) or last_error
@@ -205,6 +278,21 @@ class Search:
             return None
         return self._tell_failed(study, number, result)
 
+    def _run_folder_outcome(self, study: optuna.Study, number: int, err: BaseException) -> JobReturn:
+        """How trial ``number``'s run ended, from its run folder (the ``run_dir`` its run recorded): ``status.json``
+        completed -> its value, ``metrics.json``'s ``val`` metric of the ``monitor`` its run reported (what the run
+        returns); pruned -> pruned; else (no folder, running, failed) ``err``. JSON only."""
+        attrs = study.get_trials(deepcopy=False)[number].user_attrs
+        run_dir, monitor = attrs.get(RUN_DIR), attrs.get(MONITOR)
+        status = read_json(Path(run_dir) / "status.json") if run_dir else {}
+        if status.get("status") == "completed" and isinstance(monitor, str):
+            val = read_json(Path(run_dir) / "metrics.json").get("val")
+            value = val.get(monitor.removeprefix("val/")) if isinstance(val, dict) else None
+            return JobReturn(status=JobStatus.COMPLETED, _return_value=value)
+        if status.get("status") == "pruned":
+            return JobReturn(status=JobStatus.FAILED, _return_value=TrialPruned(str(status.get("reason", ""))))
+        return JobReturn(status=JobStatus.FAILED, _return_value=err)
+
     def _set_attr(self, study: optuna.Study, number: int, key: str, value: Any) -> None:
         """Set a user attribute of a trial that is still running (Optuna refuses it on a finished one)."""
         storage = self.storage
@@ -226,7 +314,7 @@ class Search:
         if not any(t.state == TrialState.COMPLETE for t in trials):
             return
         best = study.best_trial
-        overrides = rerun_overrides(space.fixed, self._params(best))
+        overrides = rerun_overrides(space.fixed, self._params(best, space))
         counts = Counter(t.state.name.lower() for t in trials)
         write_best(s.dir / "best.yaml", {
             "study": s.study_name, "storage": s.storage, "direction": s.direction, "value": best.value,
@@ -252,5 +340,14 @@ class Search:
             log.warning("study %s has no completed trial yet", s.study_name)
             return None
         log.info("best trial %d: %.6g; %s; re-run it: %s", best.number, best.value, s.dir / "best.yaml",
-                 command(rerun_overrides(space.fixed, self._params(best))))
+                 command(rerun_overrides(space.fixed, self._params(best, space))))
         return best
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A run folder's JSON file as a dict; ``{}`` when it is missing or not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
