@@ -238,11 +238,10 @@ class RunFolder:
         atomic_write_json(self.metrics, metrics)
 
     def write_samples(self, name: str, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.path / "samples" / f"{name}.jsonl",
-                          "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        _write_jsonl(self.path / "samples" / f"{name}.jsonl", rows)
 
     def write_augment_sample(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.augment_sample, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        _write_jsonl(self.augment_sample, rows)
 
     def status(self) -> str | None:
         """The recorded status, or ``None`` when there is none (or it cannot be read)."""
@@ -258,3 +257,7 @@ def _read_owner(fd: int) -> dict[str, Any]:
         return json.loads(text) if text.strip() else {}
     except (OSError, ValueError):
         return {}
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -57,7 +57,7 @@ import yaml
 from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.data.checks import ROW, RowNumbering
+from tunelab.data.checks import ROW, RowNumbering, refuse_unknown_keys
 from tunelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,14 @@ class AugmentConfig:
     def parse(cls, cfg: Mapping[str, Any] | None) -> AugmentConfig:
         """The settings, or a ConfigError naming the key."""
         cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg or {})
-        _refuse_unknown(cfg, [f.name for f in fields(cls)], KEY)
+        refuse_unknown_keys(cfg, [f.name for f in fields(cls)], KEY)
         copies = _whole(cfg.get("copies", 0), f"{KEY}.copies", 0)
         seed = cfg.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigError(f"{KEY}.seed must be null (the run's seed) or a whole number, got {seed!r}")
         eda = dict.fromkeys(EDA_OPS, 0.1)
         given = dict(cfg.get("eda") or {})
-        _refuse_unknown(given, EDA_OPS, f"{KEY}.eda")
+        refuse_unknown_keys(given, EDA_OPS, f"{KEY}.eda")
         for op, rate in given.items():
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
                 raise ConfigError(f"{KEY}.eda.{op} must be a number in [0, 1] (0: not used), got {rate!r}")
@@ -171,12 +171,6 @@ class AugmentConfig:
         return " and ".join(on)
 
 
-def _refuse_unknown(cfg: Mapping[str, Any], known: Sequence[str], at: str) -> None:
-    for name in cfg:
-        if name not in known:
-            raise ConfigError(f"{at}.{name} is not a setting; {at} takes {', '.join(known)}")
-
-
 def _whole(value: Any, at: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{at} must be a whole number of at least {minimum}, got {value!r}")
@@ -186,7 +180,7 @@ def _whole(value: Any, at: str, minimum: int) -> int:
 def _synonyms(cfg: Mapping[str, Any] | None) -> Synonyms:
     at = f"{KEY}.synonyms"
     cfg = dict(cfg or {})
-    _refuse_unknown(cfg, [f.name for f in fields(Synonyms)], at)
+    refuse_unknown_keys(cfg, [f.name for f in fields(Synonyms)], at)
     out = Synonyms(**cfg)
     if not isinstance(out.source, str) or not out.source:
         raise ConfigError(f"{at}.source must be '{EMBEDDING}' or the path of a word-list file, got {out.source!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,3 +233,10 @@ def require_fast_tokenizer(tokenizer: Any, family: str, needs: str) -> None:
             "model.tokenizer at a model with a tokenizer.json"
         )
 
+
+def refuse_unknown_keys(cfg: Mapping[str, Any], known: Iterable[str], at: str) -> None:
+    """A ConfigError naming the first key of the config block ``at`` that is not one of ``known``."""
+    known = list(known)
+    for name in cfg:
+        if name not in known:
+            raise ConfigError(f"{at}.{name} is not a setting; {at} takes {', '.join(known)}")

@@ -34,7 +34,7 @@ from typing import Any
 
 import datasets
 
-from tunelab.data.checks import MAX_ROWS_SHOWN, ROW, RowNumbering
+from tunelab.data.checks import MAX_ROWS_SHOWN, ROW, RowNumbering, refuse_unknown_keys
 from tunelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class QualityConfig:
         """The config from the yaml block; a ConfigError naming the key for an unknown key or a bad value."""
         cfg = dict(cfg or {})
         known = {f.name: f for f in fields(cls)}
-        _refuse_unknown(cfg, known, KEY)
+        refuse_unknown_keys(cfg, known, KEY)
         out = cls()
         for name, value in cfg.items():
             at = f"{KEY}.{name}"
@@ -130,12 +130,6 @@ class QualityConfig:
         return self.near_duplicates.policy != "off"
 
 
-def _refuse_unknown(cfg: Mapping[str, Any], known: Mapping[str, Any], at: str) -> None:
-    for name in cfg:
-        if name not in known:
-            raise ConfigError(f"{at}.{name} is not a data-quality option; {at} takes {', '.join(known)}")
-
-
 def _check_policy(value: Any, at: str, allowed: Sequence[str]) -> str:
     """The policy, ``off`` for YAML's reading of a bare ``off`` (false); a ConfigError naming ``at`` otherwise."""
     if value is False:
@@ -151,7 +145,7 @@ def _parse_block(kind: type, value: Any, at: str) -> Any:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{at} must be a policy or a mapping of {[f.name for f in fields(kind)]}, got {value!r}")
     value = dict(value)
-    _refuse_unknown(value, {f.name: f for f in fields(kind)}, at)
+    refuse_unknown_keys(value, {f.name: f for f in fields(kind)}, at)
     if value.get("policy") is False:
         value["policy"] = "off"
     _check_policy(value.get("policy", "warn"), f"{at}.policy",

@@ -22,6 +22,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from tunelab.data.checks import refuse_unknown_keys
 from tunelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,7 @@ class Subsets:
     def parse(cls, few_shot: Mapping[str, Any] | None, train_fraction: object) -> Subsets:
         """The settings, or a ConfigError naming the key."""
         few_shot = dict(few_shot or {})
-        unknown = set(few_shot) - {"k", "seed", "validation"}
-        if unknown:
-            raise ConfigError(f"task.data.few_shot.{sorted(unknown)[0]} is not a setting; it takes k, seed and validation")
+        refuse_unknown_keys(few_shot, ("k", "seed", "validation"), "task.data.few_shot")
         k, seed, validation = few_shot.get("k"), few_shot.get("seed"), few_shot.get("validation", "kshot")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ConfigError(f"task.data.few_shot.k must be null (off) or a whole number >= 1 (examples per class), got {k!r}")
