@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
@@ -78,6 +79,28 @@ def test_same_seed_gives_identical_metrics(finished_run: tuple[Path, dict], tiny
     assert again["test"] == first["test"] and again["val"] == first["val"]
 
 
+class NaNFillOn(L.Callback):
+    """Puts back torch's NaN fill of uninitialized memory, which tunelab turns off, for the run's fit."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.utils.deterministic.fill_uninitialized_memory = True
+
+
+def test_deterministic_runs_train_the_same_without_the_nan_fill(tiny_bert: Path, learnable_csv: Path,
+                                                                tmp_path: Path) -> None:
+    """``trainer.deterministic`` keeps deterministic kernels but not torch's NaN fill of new tensors (a guard
+    that costs ~2% of a CPU step): a run with the fill back on has the same loss at every step, bit for bit."""
+    losses = {}
+    for name, extra in (("fill", ["+callbacks.nan_fill._target_=tests.test_train.NaNFillOn"]), ("no-fill", [])):
+        out = tmp_path / name
+        run(compose_train(out, *tiny_overrides(tiny_bert, learnable_csv, "trainer.max_steps=8", *extra)))
+        rows = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["train/loss_step"])
+        losses[name] = rows["train/loss_step"].tolist()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is (name == "fill")
+    assert len(losses["fill"]) == 8 and losses["fill"] == losses["no-fill"]
+
+
 def test_logger_none_trains_and_writes_metrics(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:
     """``logger=none`` (README): LearningRateMonitor needs a logger, so it is left out instead of crashing."""
     out = tmp_path / "run"
@@ -131,10 +154,18 @@ def test_train_false_evaluates_the_model_or_a_checkpoint_without_training(
 
 
 def test_the_last_validation_of_the_best_weights_is_not_repeated(tiny_bert: Path, learnable_csv: Path,
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One epoch: the best checkpoint holds the final weights, which fit's last validation scored; the run reports
-    that validation instead of repeating it, with the metrics a fresh validation of the checkpoint gives."""
+    that validation instead of repeating it and tests the weights in memory without reading the checkpoint back,
+    with the metrics a fresh validation and test of the checkpoint give."""
+    from tunelab.callbacks import AtomicCheckpointIO
+
+    loaded = []
+    reader = AtomicCheckpointIO.load_checkpoint
+    monkeypatch.setattr(AtomicCheckpointIO, "load_checkpoint", lambda self, path, *a, **k: loaded.append(path)
+                        or reader(self, path, *a, **k))
     one_epoch = run(compose_train(tmp_path / "run", *tiny_overrides(tiny_bert, learnable_csv, "trainer.max_epochs=1")))
+    assert loaded == []
     assert one_epoch["eval"]["val_samples"] == one_epoch["data"]["validation"]  # one validation, in fit
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     fresh = run(compose_train(tmp_path / "ckpt", *tiny_overrides(tiny_bert, learnable_csv, "train=false",
@@ -142,6 +173,7 @@ def test_the_last_validation_of_the_best_weights_is_not_repeated(tiny_bert: Path
     assert fresh["eval"]["val_samples"] == fresh["data"]["validation"]
     assert one_epoch["val"] == pytest.approx(fresh["val"], abs=1e-6) and set(one_epoch["val"]) == set(fresh["val"])
     assert one_epoch["test"] == pytest.approx(fresh["test"], abs=1e-6)
+    assert loaded and {str(path) for path in loaded} == {str(best)}  # the evaluation-only run reads it
 
 
 def test_a_further_test_set_beside_a_carved_test_split(tiny_bert: Path, learnable_csv: Path, tmp_path: Path) -> None:

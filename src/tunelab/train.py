@@ -135,7 +135,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback],
         plugins.append(SLURMEnvironment(auto_requeue=False))
     resume = ResumeCallback(requeue_signal=signal.SIGUSR1 if slurm else None)
     resume.before_requeue = before_requeue  # runs before `scontrol requeue`, which ends the job's processes
-    return instantiate(
+    trainer = instantiate(
         cfg.trainer,
         callbacks=[*callbacks, resume, *progress],
         logger=loggers or False,
@@ -144,6 +144,11 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback],
         default_root_dir=cfg.paths.output_dir,
         **hardware_overrides(cfg.trainer),
     )
+    # `trainer.deterministic` also turns on torch's NaN fill of every new uninitialized tensor, a guard against
+    # kernels that read memory they never wrote; no training kernel does, and the fill costs ~2% of a CPU step
+    # (bench/throughput.py). Deterministic kernels stay on.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
 
 
 def trial_reporter(cfg: DictConfig) -> TrialReporter | None:
@@ -302,7 +307,10 @@ def _fit_and_test(cfg: DictConfig, folder: RunFolder, ckpt_path: str | None = No
             val = reused
         else:
             val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-        tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        # The weights in memory are best's when fit's last validation scored them: test them as they are, without
+        # reading the checkpoint (weights and optimizer state) back into memory.
+        tested_ckpt = None if reused is not None else best
+        tested = {k: v for results in trainer.test(module, datamodule=datamodule, ckpt_path=tested_ckpt, verbose=False)
                   for k, v in results.items()}
         eval_seconds = time.perf_counter() - started
         # collectives: every rank calls them
