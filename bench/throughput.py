@@ -13,12 +13,17 @@ then evaluates the test split:
 - ``hf-trainer``: ``transformers.Trainer`` with its defaults (``optim=adamw_torch_fused``,
   ``train_sampling_strategy=group_by_length``), evaluating validation, predicting test and saving the model,
   as the example scripts do.
+- ``hf-trainer-same-batches``: ``hf-trainer`` fed the other runners' batches in their order (their sampler, the
+  same class as the Trainer's, seeded per epoch; the Trainer's own draws another order from the global RNG) and
+  the head initialised as theirs: the same work, so only the loop differs.
 - ``plain`` / ``plain-fused``: a hand-written loop with ``torch.optim.AdamW()`` as most code calls it (torch's
   default: a Python loop over the parameters on a CPU) / with ``fused=True``.
 - ``plain-pad-max``: the plain loop fed as the Hugging Face example scripts do by default (padded to
   max_length, shuffled at random), for scale.
 - ``tunelab-packed``: ``tunelab`` with ``task.data.packing=true`` (decoder SFT: each batch's examples in one
   row, no padding); compare ``--variants tunelab tunelab-packed`` on a decoder SFT experiment.
+- ``tunelab-max-tokens``: ``tunelab`` with ``task.data.max_tokens=<--max-tokens>`` (token-budget batches: as
+  many examples as fit the budget of fed tokens, instead of ``batch_size``).
 
 Every runner is timed by the same code (``step_meter.py``): from the end of the last ``--warmup`` step to the
 end of the last step, with everything between steps (data loading, logging) counted; useful FLOP/s count the
@@ -104,8 +109,9 @@ def _train_steps(cfg: Any, dm: Any) -> int:
     return cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else per_epoch * cfg.trainer.max_epochs
 
 
-def run_hf_trainer(args: argparse.Namespace) -> dict[str, float]:
+def run_hf_trainer(args: argparse.Namespace, same_batches: bool = False) -> dict[str, float]:
     import numpy as np
+    import torch
     from step_meter import HFMeter, StepMeter
     from transformers import (
         AutoModelForSequenceClassification,
@@ -118,6 +124,8 @@ def run_hf_trainer(args: argparse.Namespace) -> dict[str, float]:
 
     cfg = _compose(args)
     tokenizer, dm = _data(cfg)
+    if same_batches:
+        torch.manual_seed(cfg.seed)  # the head's initial weights of the other runners
     model = load_model(AutoModelForSequenceClassification, cfg.model, num_labels=len(dm.labels))
     meter = StepMeter(args.warmup)
     length = {"max_steps": cfg.trainer.max_steps} if cfg.trainer.max_steps > 0 else {"num_train_epochs": cfg.trainer.max_epochs}
@@ -129,7 +137,14 @@ def run_hf_trainer(args: argparse.Namespace) -> dict[str, float]:
         train_sampling_strategy="group_by_length" if dm.group_by_length else "random",
         seed=cfg.seed, report_to="none", save_strategy="no", disable_tqdm=True, **length,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=dm.features["train"],
+    trainer_class = Trainer
+    if same_batches:  # the other runners' sampler (tunelab's transformers LengthGroupedSampler, seeded per epoch)
+        class SameBatchesTrainer(Trainer):
+            def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+                return dm.train_dataloader().sampler
+
+        trainer_class = SameBatchesTrainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=dm.features["train"],
                       eval_dataset=dm.features["validation"], processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[HFMeter(meter)])
     trainer.train()
@@ -199,10 +214,12 @@ def run_plain(args: argparse.Namespace, fused: bool = False, pad_to_max: bool = 
 VARIANTS = {
     "tunelab": run_tunelab,
     "hf-trainer": run_hf_trainer,
+    "hf-trainer-same-batches": lambda a: run_hf_trainer(a, same_batches=True),
     "plain": run_plain,
     "plain-fused": lambda a: run_plain(a, fused=True),
     "plain-pad-max": lambda a: run_plain(a, pad_to_max=True),
     "tunelab-packed": lambda a: run_tunelab(a, ["task.data.packing=true"]),
+    "tunelab-max-tokens": lambda a: run_tunelab(a, [f"task.data.max_tokens={a.max_tokens}"]),
 }
 
 
@@ -267,6 +284,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="> 0: this many optimizer steps instead of --epochs")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     parser.add_argument("--variants", nargs="+", default=["tunelab", "hf-trainer", "plain", "plain-fused"], choices=list(VARIANTS))
+    parser.add_argument("--max-tokens", type=int, default=1024,
+                        help="the budget of tunelab-max-tokens (fed tokens per batch; batch 32 of tweets feeds ~1060)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each runner (round-robin); the table shows medians")
     parser.add_argument("--name", default="throughput", help="the result files: <out>/<name>.md and .json")
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
