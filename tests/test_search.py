@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +35,7 @@ from tunelab.errors import ConfigError
 from tunelab.search.best import rerun_overrides
 from tunelab.search.report import TrialReporter
 from tunelab.search.space import distribution, format_override, parse_space
-from tunelab.search.study import MONITOR, PRUNER, RUN_DIR, WORKER, exclusive, open_storage
+from tunelab.search.study import MONITOR, PRUNER, RUN_DIR, SLURM_JOB, WORKER, exclusive, open_storage
 from tunelab.search.sweep import MAX_RESOURCE, Search, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,6 +353,25 @@ def test_a_requeued_slurm_job_takes_up_the_trial_it_left_running(toy_app: Path) 
     assert len(trials) == 2 and trials[0].state == TrialState.COMPLETE
     assert trials[0].value == pytest.approx(toy(**mine.params))
     assert trials[1].state == TrialState.RUNNING  # another job's trial: left to it
+
+
+def test_a_trial_whose_process_was_killed_is_taken_up_by_the_next_search_on_its_host(toy_app: Path) -> None:
+    root = toy_app.parent / "out"
+    study = optuna.create_study(study_name="toy", storage=open_storage(str(root / "search" / "toy" / "journal.log")))
+    space = {"x": FloatDistribution(-4, 4), "kind": CategoricalDistribution(["a", "b"])}
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process has now
+    killed, live, in_slurm = study.ask(space), study.ask(space), study.ask(space)
+    killed.set_user_attr(WORKER, f"{socket.gethostname()}:{gone.pid}")
+    live.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")  # this test's process: still searching
+    in_slurm.set_user_attr(WORKER, f"{socket.gethostname()}:{gone.pid}")
+    in_slurm.set_user_attr(SLURM_JOB, "81")  # its run went to a Slurm job of its own, which may still be training
+    rc, out = sweep(toy_app, "hydra.sweeper.n_trials=4")
+    assert rc == 0 and f"trial 0 was left running by {socket.gethostname()}:{gone.pid}, which is gone" in out, out
+    trials = load(root).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.RUNNING,
+                                         TrialState.COMPLETE]  # the killed one, the two left alone, one new trial
+    assert trials[0].value == pytest.approx(toy(**killed.params)) and trials[0].user_attrs[WORKER] != f"{socket.gethostname()}:{gone.pid}"
 
 
 def test_a_study_refuses_a_search_with_other_fixed_overrides_and_continues_its_own(toy_app: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.trial import FrozenTrial
 
 from tunelab.errors import ConfigError
 
@@ -124,6 +125,23 @@ def worker_id() -> str:
     if job:
         return f"slurm:{job}.{os.environ.get('SLURM_PROCID', '0')}"
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def abandoned(trial: FrozenTrial) -> bool:
+    """Whether running ``trial`` was left by a process of this host that is gone (killed: ``kill -9``, the OOM
+    killer, a closed terminal): its worker is ``<this host>:<pid>`` with no such process, and its run did not go
+    to a Slurm job of its own or to another host, where it may still be training."""
+    here = socket.gethostname()
+    host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
+    if host != here or not pid.isdigit() or SLURM_JOB in trial.user_attrs or trial.user_attrs.get(HOST, here) != here:
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's process
+        return False
+    return False
 
 
 def open_trial(storage: str, study_name: str, number: int) -> optuna.Trial:

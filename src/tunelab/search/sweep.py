@@ -18,9 +18,10 @@ The first process creates the study and records the search in it (``search``: th
 searched distributions, the direction); a process whose search differs is refused, so searches with other
 fixed overrides (``seed=2``, another ``few_shot.k``) never mix their trials in one study.
 
-A process in a Slurm job first takes up the trials that its own job left running (``worker`` attribute, the
-job id survives a requeue): their runs resume from their checkpoints. After each batch it writes
-``best.yaml`` (``tunelab.search.best``).
+A process first takes up the trials left running by its own Slurm job before a requeue (``worker`` attribute,
+the job id survives a requeue) and by a process of its host that is gone (``worker`` ``<host>:<pid>``, killed
+outside Slurm): their runs resume from their checkpoints. After each batch it writes ``best.yaml``
+(``tunelab.search.best``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from tunelab.search.study import (
     PRUNER,
     RUN_DIR,
     WORKER,
+    abandoned,
     build_pruner,
     build_sampler,
     exclusive,
@@ -126,15 +128,11 @@ class Search:
                                   f"{study.direction.name.lower()}, not {s.direction}: name another study "
                                   f"(hydra.sweeper.study_name)")
             self._check_search(study, self._search(space))
+            resumable = self._take_up(study)
         self.study = study
         log.info("search %s (%s %s): %d trials in all, %d there already; %d at a time from %s; storage %s",
                  s.study_name, s.direction, ", ".join(space.distributions), s.n_trials, len(study.trials), s.n_jobs,
                  self.worker, s.storage)
-        resumable = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                     if t.user_attrs.get(WORKER) == self.worker and self.worker.startswith("slurm:")]
-        if resumable:
-            log.info("taking up trial(s) %s, left running by this Slurm job before its requeue",
-                     ", ".join(str(t.number) for t in resumable))
         last_error: BaseException | None = None
         while True:
             batch, resumable = resumable[:s.n_jobs], resumable[s.n_jobs:]
@@ -146,6 +144,24 @@ class Search:
         if not self.outcomes:  # nothing left to run: best.yaml as this command would write it
             self._write_best(study, space)
         return self._finish(study, space, last_error)
+
+    def _take_up(self, study: optuna.Study) -> list[FrozenTrial]:
+        """The running trials this process runs first (their runs resume from their checkpoints): those its own
+        Slurm job left before a requeue, and those whose process on this host is gone (``abandoned``), which it
+        claims as their worker. Called under the ask lock, so that two processes never claim one trial."""
+        requeued, orphans = [], []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if self.worker.startswith("slurm:") and trial.user_attrs.get(WORKER) == self.worker:
+                requeued.append(trial)
+            elif abandoned(trial):
+                log.warning("trial %d was left running by %s, which is gone: this process takes it up",
+                            trial.number, trial.user_attrs[WORKER])
+                self._set_attr(study, trial.number, WORKER, self.worker)
+                orphans.append(trial)
+        if requeued:
+            log.info("taking up trial(s) %s, left running by this Slurm job before its requeue",
+                     ", ".join(str(t.number) for t in requeued))
+        return requeued + orphans
 
     def _search(self, space: Space) -> dict[str, Any]:
         """What makes a trial of this search: the direction, the fixed overrides (without the search's own:
