@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from tests.results.runfolders import write_run
+from tunelab.results.aggregate import Problem, split_problems
 from tunelab.results.collect import collect, find_run_folders, load_run_folder
-from tunelab.results.records import COMPLETED, FAILED, INCOMPLETE, UNREADABLE, ResultsError
+from tunelab.results.records import COMPLETED, FAILED, INCOMPLETE, PRUNED, UNREADABLE, ResultsError
 
 
 def test_finds_run_folders_but_not_the_config_files_inside_them(sweep: Path) -> None:
@@ -53,6 +55,14 @@ def test_status_follows_status_json_and_metrics_json(tmp_path: Path, status: str
     if status is None:
         (run / "status.json").unlink()
     assert load_run_folder(run).status == expected
+
+
+def test_a_pruned_search_trial_is_set_aside_as_pruned_with_its_reason(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "run", status="pruned", metrics=True)  # a pruned run's metrics.json has no test split
+    (run / "status.json").write_text(json.dumps({"status": "pruned", "reason": "pruned by MedianPruner at validation 2"}))
+    record = load_run_folder(run)
+    assert (record.status, record.note) == (PRUNED, "pruned by MedianPruner at validation 2")
+    assert split_problems([record]) == ([], [Problem(PRUNED, str(run), "pruned by MedianPruner at validation 2")])
 
 
 def test_malformed_metrics_json_names_the_file_and_the_error(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ UNSET = "(unset)"
 
 @dataclass(frozen=True)
 class Problem:
-    """A run left out of the tables: ``failed``, ``incomplete`` or ``duplicate``."""
+    """A run left out of the tables: ``failed``, ``incomplete``, ``pruned`` (a search trial), ``unreadable`` or
+    ``duplicate``."""
 
     kind: str
     source: str

@@ -15,6 +15,7 @@ from tunelab.results.records import (
     COMPLETED,
     FAILED,
     INCOMPLETE,
+    PRUNED,
     UNREADABLE,
     Record,
     ResultsError,
@@ -122,6 +123,8 @@ def load_run_folder(path: str | os.PathLike) -> Record:
             raise ResultsError(f"{file} does not hold a JSON object")
     if status.get("status") == FAILED:
         state, note = FAILED, status.get("error") or "status failed"
+    elif status.get("status") == PRUNED:
+        state, note = PRUNED, status.get("reason") or "status pruned"
     elif status.get("status") == "running" and RunFolder(path).lock_file.is_file() and RunFolder(path).live_owner() is None:
         state, note = INCOMPLETE, ("status running, but no live process holds the run (killed, or out of disk "
                                    "space): re-run its command to resume it")

@@ -12,6 +12,7 @@ from tunelab.errors import TunelabError
 
 COMPLETED, INCOMPLETE, FAILED = "completed", "incomplete", "failed"
 UNREADABLE = "unreadable"  # a run folder whose files are malformed or cannot be read
+PRUNED = "pruned"  # a search trial stopped by its pruner (status.json says why): no test metrics, by design
 
 
 class ResultsError(TunelabError):
